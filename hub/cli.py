@@ -1,0 +1,184 @@
+"""The ``hub`` command line (CONTRACT.md, "Command line")."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from hub import migrate
+from hub.config import ConfigError, Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("hub")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def friendly_errors(func: F) -> F:
+    """Configuration and connection problems end with one line naming the variable, never a traceback."""
+
+    @wraps(func)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:
+            raise click.ClickException(f"HUB_DATABASE_URL: cannot reach the database ({_one_line(exc)})") from None
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database error: {_one_line(exc)}") from None
+
+    return wrapped  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """hub: a consent-aware customer data hub for Meta's Conversions API."""
+    _configure_logging()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--no-worker", is_flag=True, help="Don't run the scheduler in this process.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Request threads.")
+@friendly_errors
+def serve(host: str, port: int, no_worker: bool, threads: int) -> None:
+    """Apply migrations, start the scheduler in-process and serve the UI and API."""
+    import waitress
+
+    from hub.app import create_app
+    from hub.auth.views import login_links
+
+    app = create_app(settings())
+    cfg = app.extensions["hub.settings"]
+    engine = app.extensions["hub.engine"]
+    migrate.upgrade(cfg.database_url, engine=engine)
+    if not no_worker:
+        from hub.delivery.worker import start_background_worker
+
+        start_background_worker(app)
+    base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"  # noqa: S104
+    click.echo(f"hub is serving on {base} (database: {engine.url.render_as_string(hide_password=True)})")
+    if not cfg.oidc_configured and not cfg.is_production:
+        token = login_links().issue()
+        click.echo(f"One-time admin login link (valid 30 minutes, this process only): {base}/login/link/{token}")
+    waitress.serve(app, host=host, port=port, threads=threads, ident="hub", _quiet=True)
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@friendly_errors
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    cfg = settings()
+    migrate.upgrade(cfg.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@friendly_errors
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION ("base" removes everything)."""
+    cfg = settings()
+    migrate.downgrade(cfg.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("check")
+@friendly_errors
+def db_check() -> None:
+    """Exit non-zero when the database is behind the migrations or the models and migrations disagree."""
+    from hub.db import create_db_engine
+
+    cfg = settings()
+    engine = create_db_engine(cfg.database_url)
+    try:
+        if not migrate.is_at_head(engine):
+            current = ", ".join(sorted(migrate.current_revisions(engine))) or "empty"
+            raise click.ClickException(f"database is at {current}; run `hub db upgrade`")
+        drift = migrate.schema_drift(engine)
+    finally:
+        engine.dispose()
+    if drift:
+        for diff in drift:
+            click.echo(f"  drift: {diff}", err=True)
+        raise click.ClickException("models and migrations disagree; add a migration")
+    click.echo("database is at head; models and migrations agree")
+
+
+def session_scope_for(cfg: Settings) -> Any:
+    from hub.db import create_db_engine, make_sessionmaker, session_scope
+
+    return session_scope(make_sessionmaker(create_db_engine(cfg.database_url)))
+
+
+@main.group("api-key")
+def api_key() -> None:
+    """API keys for the JSON API."""
+
+
+@api_key.command("create")
+@click.option("--name", required=True, help="What the key is for, e.g. 'shop backend'.")
+@click.option("--scope", type=click.Choice(["ingest", "admin"]), default="ingest", show_default=True)
+@friendly_errors
+def api_key_create(name: str, scope: str) -> None:
+    """Print a new API key once; only its hash is stored."""
+    from hub.auth.services import create_api_key
+
+    with session_scope_for(settings()) as session:
+        try:
+            new = create_api_key(session, name, scope)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        secret = new.secret
+    click.echo(secret)
+    click.echo(f"Store it now: hub keeps only its hash. Scope: {scope}.", err=True)
+
+
+@main.group()
+def user() -> None:
+    """Admin-UI users."""
+
+
+@user.command("add")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["admin", "editor", "viewer"]), required=True)
+@friendly_errors
+def user_add(email: str, role: str) -> None:
+    """Pre-authorise EMAIL with ROLE for the admin UI."""
+    from hub.auth.services import add_user
+
+    with session_scope_for(settings()) as session:
+        try:
+            added = add_user(session, email, role)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{added.email} is {added.role}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
