@@ -255,7 +255,8 @@ def _check_opt_in_purpose(ledger: ConsentLedger, purpose: str, at: datetime, now
         return _PurposeCheck(
             purpose,
             "consent_denied",
-            f"the person denied {purpose} at {_fmt(fact.collected_at)}, in force at the event at {event_time}",
+            f"the person denied {purpose} at {_fmt(fact.collected_at)}, "
+            + ("at the time of the event" if fact.collected_at == at else f"before the event at {event_time}"),
             (fact,),
         )
     if fact.expired(at):
@@ -275,16 +276,21 @@ def _check_opt_in_purpose(ledger: ConsentLedger, purpose: str, at: datetime, now
             f"{_fmt(withdrawal.collected_at)}, after the event at {event_time}",
             (fact, withdrawal),
         )
-    current = ledger.latest(purpose, now)
-    if current is None or current.expired(now):
-        lapsed = current or fact
-        return _PurposeCheck(
-            purpose,
-            "consent_expired",
-            f"the {purpose} consent granted at {_fmt(lapsed.collected_at)} was in force at the event "
-            f"({event_time}) but expired at {_fmt(lapsed.expires_at or now)}",
-            (fact, lapsed),
-        )
+    # No denial since the event, so the decision in force now is `fact` or a later grant; it must not have lapsed.
+    current = ledger.latest(purpose, now) or fact
+    if current.expired(now):
+        expired_at = _fmt(current.expires_at or now)
+        if current is fact:
+            sentence = (
+                f"the {purpose} consent granted at {_fmt(fact.collected_at)} was in force at the event "
+                f"({event_time}) but expired at {expired_at}"
+            )
+        else:
+            sentence = (
+                f"{purpose} was granted at {_fmt(fact.collected_at)}, in force at the event ({event_time}), but the "
+                f"latest grant, given at {_fmt(current.collected_at)}, expired at {expired_at}"
+            )
+        return _PurposeCheck(purpose, "consent_expired", sentence, (fact, current))
     return _PurposeCheck(
         purpose,
         None,
@@ -456,8 +462,8 @@ def decide(
         return decision(
             "wait",
             "grace_period",
-            f"Waiting: received at {_fmt(event.received_at)}; consent is decided after the {_fmt_span(grace)} "
-            f"grace period, at {_fmt(decide_after)}.",
+            f"Waiting: received at {_fmt(event.received_at)}; consent is decided after a grace period of "
+            f"{_fmt_span(grace)}, at {_fmt(decide_after)}.",
         )
     if rule is None:
         return decision(

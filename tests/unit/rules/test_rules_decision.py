@@ -129,7 +129,7 @@ CASES = [
         "block",
         "consent_denied",
         "EEA",
-        ("denied ad_user_data at 2026-11-28 09:59:00 UTC", "in force at the event"),
+        ("denied ad_user_data at 2026-11-28 09:59:00 UTC, before the event at 2026-11-28 10:00:00 UTC",),
         record_ids=(1,),
     ),
     Case(
@@ -218,7 +218,7 @@ CASES = [
         "block",
         "consent_denied",
         "EEA",
-        ("denied ad_user_data at 2026-11-28 10:00:00 UTC",),
+        ("denied ad_user_data at 2026-11-28 10:00:00 UTC, at the time of the event",),
         record_ids=(2,),
     ),
     Case(
@@ -456,7 +456,7 @@ CASES = [
         "wait",
         "grace_period",
         "EEA",
-        ("Waiting", "received at 2026-11-28 10:00:05 UTC", "2 minutes", "2026-11-28 10:02:05 UTC"),
+        ("Waiting", "received at 2026-11-28 10:00:05 UTC", "grace period of 2 minutes", "2026-11-28 10:02:05 UTC"),
         now=INSIDE_GRACE,
     ),
     Case(
@@ -734,3 +734,31 @@ def test_decisions_do_not_depend_on_fact_order():
             backward.reason_code,
             backward.explanation,
         ), case.name
+
+
+@pytest.mark.parametrize(
+    ("grace", "now", "outcome", "words"),
+    [
+        (timedelta(seconds=90), RECEIVED + timedelta(seconds=30), "wait", "grace period of 90 seconds"),
+        (timedelta(minutes=1), RECEIVED, "wait", "grace period of 1 minute,"),
+        (timedelta(0), RECEIVED, "send", "Sent"),  # no grace: decided on receipt
+    ],
+)
+def test_grace_period_length(grace, now, outcome, words):
+    event = EventFacts("e", "order_completed", T, RECEIVED, "DE", None, None, False)
+    decision = decide(event, ConsentLedger(GRANTED), DEFAULT_RULES, MAPPINGS, now, grace)
+    assert decision.outcome == outcome
+    assert words in decision.explanation
+
+
+def test_later_grant_that_lapsed_blocks_although_the_event_was_covered():
+    # Granted without expiry before the event, then re-granted with a short expiry that has passed by now:
+    # the decision in force now is no consent.
+    facts = [g(1, T - MIN), g(2, T + MIN, expires=T + 3 * MIN)]
+    event = EventFacts("e", "order_completed", T, RECEIVED, "DE", None, None, False)
+    decision = decide(event, ConsentLedger(facts), DEFAULT_RULES, MAPPINGS, AFTER_GRACE, GRACE)
+    assert (decision.outcome, decision.reason_code) == ("block", "consent_expired")
+    assert (
+        "the latest grant, given at 2026-11-28 10:01:00 UTC, expired at 2026-11-28 10:03:00 UTC" in decision.explanation
+    )
+    assert decision.consent_record_ids == (1, 2)
