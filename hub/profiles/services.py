@@ -1,0 +1,774 @@
+"""Identity resolution, merges, lookups and erasure (DESIGN.md §3-4).
+
+Services take the session (and the ``FieldEncryptor``) as arguments and only ``flush()``; the caller owns the
+commit. Every resolution runs inside a SAVEPOINT so that a race on the ``identities (kind, value_hash)`` unique
+constraint — two requests creating the same new person at once — is retried instead of failing the request.
+
+Decisions (documented here because event ingestion and consent webhooks rely on them):
+
+* Strong identifiers (external_id, email, phone) attach to the profile they match; when they match several
+  profiles those are merged into the oldest one, unless that would put two different external_ids on one
+  person (a *conflict*: nothing is merged or attached).
+* Weak identifiers (fbp, fbc) never merge and never create a profile. A call that carries *only* weak
+  identifiers resolves to the profile already holding its fbp (else its fbc); a call with strong identifiers
+  uses its weak ones only to attach them to the resolved profile when no other profile holds them yet.
+* A merged-away profile keeps its row with ``merged_into_id`` pointing at the root (flattened: never a chain),
+  its identities move to the root, and the journal (``profile_merges``) keeps what undoing needs.
+* Consent is never touched by a merge; readers combine the ledgers of a cluster (root + merged-away profiles).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, literal, select, tuple_, union_all, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hub.config import Settings
+from hub.db import new_id
+from hub.encryption import DecryptionError, FieldEncryptor
+from hub.events.models import Event
+from hub.profiles.identifiers import (
+    IdentifierCandidate,
+    IdentityPolicy,
+    combine_traits,
+    identifier_candidates,
+    identity_policy,
+    parse_region,
+    plan_attachments,
+    traits_of,
+    updated_region,
+)
+from hub.profiles.models import Identity, Profile, ProfileMerge, SuppressedIdentifier
+from hub.profiles.normalize import (
+    IdentifierError,
+    NormalizedUser,
+    normalize_email,
+    normalize_external_id,
+    normalize_phone,
+    normalize_user,
+    sha256_hex,
+)
+
+log = logging.getLogger(__name__)
+
+# Seeing an identifier again refreshes last_seen_at at most this often: an UPDATE per identifier per event
+# would double the write load of ingestion for a value nobody needs to the second.
+LAST_SEEN_RESOLUTION = timedelta(hours=1)
+# Attempts of one resolution when concurrent writers keep winning the unique-constraint race.
+MAX_ATTEMPTS = 4
+PENDING_EVENT_STATUSES = ("pending", "retrying")
+
+
+class ProfileNotFound(LookupError):
+    """No profile has this id."""
+
+
+class _Retry(Exception):
+    """The rows read at the start of an attempt changed under it (a concurrent merge); start over."""
+
+
+@dataclass(frozen=True)
+class PreparedIdentity:
+    """A user object normalized for resolution, with the call's validated region and every field problem."""
+
+    normalized: NormalizedUser
+    region: str | None
+    errors: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What one identify call did.
+
+    ``profile_id``: the canonical (root) profile the call resolved to; None when suppressed, in conflict without
+    a profile holding the call's external_id, or when nothing usable identified anyone.
+    ``created``: a new profile was created. ``merged``: ids merged into ``profile_id`` by this call.
+    ``attached``: ``"kind"`` of every identifier newly attached. ``suppressed``: an identifier belongs to an
+    erased person; nothing was created or attached. ``notes``: ``"user.email: …"`` sentences for identifiers
+    ignored (blocklist), not attached (limits) or left where they are (weak identifiers of another profile).
+    ``conflict``/``conflict_field``: why nothing was merged (two external_ids). ``errors``: field problems from
+    normalization and the context region (those fields were not used). ``traits_changed``/``region``: an existing
+    profile's traits were rewritten / its region after the call.
+    """
+
+    profile_id: str | None
+    created: bool = False
+    merged: tuple[str, ...] = ()
+    attached: tuple[str, ...] = ()
+    suppressed: bool = False
+    normalized: NormalizedUser | None = None
+    notes: tuple[str, ...] = ()
+    conflict: str | None = None
+    conflict_field: str | None = None
+    errors: Mapping[str, str] = field(default_factory=dict)
+    traits_changed: bool = False
+    region: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.merged or self.attached or self.traits_changed)
+
+
+class IdentityConflict(Exception):
+    """Raised by callers that prefer an exception to ``Resolution.conflict`` (see ``raise_for_conflict``)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def raise_for_conflict(resolution: Resolution) -> Resolution:
+    if resolution.conflict is not None:
+        raise IdentityConflict(resolution.conflict, resolution.conflict_field or "user")
+    return resolution
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Normalization for resolution
+# ----------------------------------------------------------------------------------------------------------
+
+
+def phone_regions_for(region: str | None, settings: Settings) -> tuple[str, ...]:
+    """Fallback countries for national phone numbers after the user's own country (normalize_user applies that
+    first): the call's region, then HUB_DEFAULT_PHONE_REGION."""
+    return tuple(r for r in (region, settings.default_phone_region) if r)
+
+
+def prepare_identity(user: Mapping[str, object], *, region: object, settings: Settings) -> PreparedIdentity:
+    """Validate the context region and normalize the user. Fields with problems are listed in ``errors`` and
+    left out; an API that must store nothing on bad input checks ``errors`` before resolving."""
+    errors: dict[str, str] = {}
+    valid_region: str | None = None
+    if region is not None:
+        try:
+            valid_region = parse_region(region)
+        except ValueError as error:
+            errors["context.region"] = str(error)
+    normalized = normalize_user(user, phone_regions=phone_regions_for(valid_region, settings))
+    errors.update(normalized.errors)
+    return PreparedIdentity(normalized=normalized, region=valid_region, errors=errors)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resolution
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_identity(
+    session: Session,
+    encryptor: FieldEncryptor,
+    user: Mapping[str, object],
+    *,
+    region: object,
+    source: str,
+    settings: Settings,
+    now: datetime,
+) -> Resolution:
+    """Normalize ``user`` and resolve it to a profile (fields that fail normalization are skipped and listed in
+    ``Resolution.errors``). ``source`` names the caller for the merge journal (``api:identify``, ``events``,
+    ``cmp:didomi``, ``import``)."""
+    prepared = prepare_identity(user, region=region, settings=settings)
+    return resolve_prepared(session, encryptor, prepared, source=source, settings=settings, now=now)
+
+
+def resolve_prepared(
+    session: Session,
+    encryptor: FieldEncryptor,
+    prepared: PreparedIdentity,
+    *,
+    source: str,
+    settings: Settings,
+    now: datetime,
+    policy: IdentityPolicy | None = None,
+) -> Resolution:
+    """Resolve an already prepared identity (see ``prepare_identity``). ``policy`` defaults to the one built
+    from ``settings.extra``; pass it in when resolving many rows with the same settings."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    policy = policy or identity_policy(settings.extra)
+    notes: list[str] = []
+    candidates: list[IdentifierCandidate] = []
+    for candidate in identifier_candidates(prepared.normalized):
+        reason = policy.blocked_reason(candidate)
+        if reason is None:
+            candidates.append(candidate)
+        else:
+            notes.append(f"{candidate.field}: ignored: {reason}")
+    base = Resolution(profile_id=None, normalized=prepared.normalized, errors=dict(prepared.errors))
+    if not candidates:
+        notes.append("user: no usable identifier (email, phone, external_id, fbp or fbc); no profile resolved")
+        return _with(base, notes=tuple(notes))
+
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with session.begin_nested():
+                return _resolve_once(session, encryptor, prepared, candidates, notes, base, source, policy, now)
+        except (IntegrityError, _Retry) as error:
+            # Another transaction created or moved one of these identifiers after we looked; look again.
+            if attempt == MAX_ATTEMPTS:
+                raise
+            log.debug("identity resolution retried after a concurrent change (%s)", type(error).__name__)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _with(base: Resolution, **changes: Any) -> Resolution:
+    return replace(base, **changes)
+
+
+@dataclass
+class _Held:
+    """An identity row found for one of the call's identifiers."""
+
+    identity_id: int
+    profile_id: str  # canonical
+    last_seen_at: datetime
+
+
+def _lookup(
+    session: Session, candidates: Collection[IdentifierCandidate]
+) -> tuple[dict[tuple[str, str], _Held], set[tuple[str, str]]]:
+    """One round trip: the identities held for these (kind, hash) pairs and which pairs are suppressed."""
+    keys = [(c.kind, c.value_hash) for c in candidates]
+    identities = (
+        select(
+            literal("i").label("source"),
+            Identity.kind,
+            Identity.value_hash,
+            Identity.id,
+            Identity.last_seen_at,
+            Profile.id.label("profile_id"),
+            Profile.merged_into_id,
+        )
+        .join(Profile, Profile.id == Identity.profile_id)
+        .where(tuple_(Identity.kind, Identity.value_hash).in_(keys))
+    )
+    suppressed = select(
+        literal("s").label("source"),
+        SuppressedIdentifier.kind,
+        SuppressedIdentifier.value_hash,
+        SuppressedIdentifier.id,
+        SuppressedIdentifier.created_at,
+        literal(None).label("profile_id"),
+        literal(None).label("merged_into_id"),
+    ).where(tuple_(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash).in_(keys))
+    held: dict[tuple[str, str], _Held] = {}
+    blocked: set[tuple[str, str]] = set()
+    for row in session.execute(union_all(identities, suppressed)):
+        if row.source == "s":
+            blocked.add((row.kind, row.value_hash))
+        else:
+            held[(row.kind, row.value_hash)] = _Held(
+                identity_id=row.id,
+                profile_id=row.merged_into_id or row.profile_id,
+                # The compound select takes its result types from the first select: UTC-aware datetimes.
+                last_seen_at=row.last_seen_at,
+            )
+    return held, blocked
+
+
+def _resolve_once(
+    session: Session,
+    encryptor: FieldEncryptor,
+    prepared: PreparedIdentity,
+    candidates: list[IdentifierCandidate],
+    notes_in: list[str],
+    base: Resolution,
+    source: str,
+    policy: IdentityPolicy,
+    now: datetime,
+) -> Resolution:
+    notes = list(notes_in)
+    held, suppressed = _lookup(session, candidates)
+    if suppressed:
+        fields = sorted({c.field for c in candidates if (c.kind, c.value_hash) in suppressed})
+        notes.append(f"{', '.join(fields)}: belongs to an erased person; nothing is stored about them")
+        return _with(base, suppressed=True, notes=tuple(notes))
+
+    strong = [c for c in candidates if c.strong]
+    weak = [c for c in candidates if not c.strong]
+    matched: list[str] = []
+    for candidate in strong:
+        found = held.get((candidate.kind, candidate.value_hash))
+        if found is not None and found.profile_id not in matched:
+            matched.append(found.profile_id)
+
+    if not strong:
+        # Weak identifiers only: follow the browser to the profile that already holds it, never create one.
+        owner = next((held[k].profile_id for c in weak if (k := (c.kind, c.value_hash)) in held), None)
+        if owner is None:
+            notes.append(
+                "user: only browser identifiers (fbp/fbc) unknown to hub; a profile is created only from an "
+                "email, phone or external_id"
+            )
+            return _with(base, notes=tuple(notes))
+        matched = [owner]
+
+    profiles = _load_profiles(session, matched, lock=len(matched) > 1)
+    held_rows = _identities_of(session, [p.id for p in profiles]) if profiles else []
+
+    if len(profiles) > 1:
+        external_ids = {h for (_pid, kind, h) in held_rows if kind == "external_id"}
+        external_ids |= {c.value_hash for c in strong if c.kind == "external_id"}
+        if len(external_ids) > 1:
+            call_ext = next((c for c in strong if c.kind == "external_id"), None)
+            holder = held.get((call_ext.kind, call_ext.value_hash)) if call_ext else None
+            message = (
+                "These identifiers belong to profiles with different external_ids, and two external_ids are "
+                "never merged; nothing was merged or attached. Check which person the email/phone belongs to."
+            )
+            notes.append(f"user.external_id: {message}")
+            return _with(
+                base,
+                profile_id=holder.profile_id if holder else None,
+                notes=tuple(notes),
+                conflict=message,
+                conflict_field="user.external_id",
+            )
+
+    created = False
+    merged: list[str] = []
+    if not profiles:
+        new_traits = traits_of(prepared.normalized)
+        target = Profile(
+            id=new_id(),
+            created_at=now,
+            updated_at=now,
+            traits_encrypted=encryptor.encrypt_json(new_traits) if new_traits else None,
+            region=updated_region(None, prepared.region, prepared.normalized.values.get("country")),
+        )
+        session.add(target)
+        # The models declare no relationship between profiles and identities, so the unit of work would not
+        # know to insert the profile first: flush it now.
+        session.flush()
+        created = True
+        previous_traits = stored_traits = new_traits
+    else:
+        ordered = sorted(profiles, key=lambda p: (p.created_at, p.id))
+        target = ordered[0]
+        by_age_of_update = sorted(profiles, key=lambda p: (p.updated_at, p.id))
+        stored_traits = previous_traits = _traits(encryptor, target)
+        if len(ordered) > 1:
+            previous_traits = combine_traits(*(_traits(encryptor, p) for p in by_age_of_update))
+            for loser in ordered[1:]:
+                link = next(
+                    c
+                    for c in strong
+                    if (found := held.get((c.kind, c.value_hash))) is not None and found.profile_id == loser.id
+                )
+                _merge(session, target, loser, link, source, now)
+                merged.append(loser.id)
+            if target.region is None:
+                target.region = next((p.region for p in reversed(by_age_of_update) if p.region), None)
+
+    # Which of the call's identifiers are new to the (merged) profile, and which are someone else's browser.
+    held_counts: dict[str, int] = {}
+    held_keys = set()
+    for _pid, kind, value_hash in held_rows:
+        held_counts[kind] = held_counts.get(kind, 0) + 1
+        held_keys.add((kind, value_hash))
+    new: list[IdentifierCandidate] = []
+    touch: list[int] = []
+    for candidate in candidates:
+        key = (candidate.kind, candidate.value_hash)
+        found = held.get(key)
+        if found is None:
+            new.append(candidate)
+        elif found.profile_id == target.id or found.profile_id in merged:
+            if now - found.last_seen_at >= LAST_SEEN_RESOLUTION:
+                touch.append(found.identity_id)
+        else:
+            notes.append(f"{candidate.field}: held by another profile; weak identifiers never move or merge")
+    plan = plan_attachments(new, held_counts, policy)
+    for candidate in plan.over_limit:
+        notes.append(
+            f"{candidate.field}: not attached: the profile already holds {policy.limit_for(candidate.kind)} "
+            f"{candidate.kind} identifier(s), the limit"
+        )
+    for candidate in plan.attach:
+        session.add(
+            Identity(
+                profile_id=target.id,
+                kind=candidate.kind,
+                value_hash=candidate.value_hash,
+                value_encrypted=encryptor.encrypt_optional(candidate.value),
+                created_at=now,
+                last_seen_at=now,
+            )
+        )
+    if touch:
+        session.execute(
+            update(Identity).where(Identity.id.in_(touch)).values(last_seen_at=now),
+            execution_options={"synchronize_session": False},
+        )
+
+    traits = combine_traits(previous_traits, traits_of(prepared.normalized))
+    traits_changed = traits != stored_traits
+    if traits_changed:
+        target.traits_encrypted = encryptor.encrypt_json(traits) if traits else None
+    region = updated_region(target.region, prepared.region, prepared.normalized.values.get("country"))
+    region_changed = region != target.region
+    if region_changed:
+        target.region = region
+    if created or merged or plan.attach or traits_changed or region_changed:
+        target.updated_at = now
+    session.flush()
+    return _with(
+        base,
+        profile_id=target.id,
+        created=created,
+        merged=tuple(merged),
+        attached=tuple(c.kind for c in plan.attach),
+        notes=tuple(notes),
+        traits_changed=traits_changed,
+        region=target.region,
+    )
+
+
+def _load_profiles(session: Session, ids: list[str], *, lock: bool) -> list[Profile]:
+    if not ids:
+        return []
+    query = select(Profile).where(Profile.id.in_(ids))
+    if lock:
+        # PostgreSQL: two calls merging the same profiles take turns (SQLite serializes writers anyway).
+        query = query.with_for_update()
+    profiles = list(session.scalars(query))
+    if len(profiles) != len(ids) or any(p.merged_into_id is not None or p.erased_at is not None for p in profiles):
+        raise _Retry
+    return profiles
+
+
+def _identities_of(session: Session, profile_ids: list[str]) -> list[tuple[str, str, str]]:
+    rows = session.execute(
+        select(Identity.profile_id, Identity.kind, Identity.value_hash).where(Identity.profile_id.in_(profile_ids))
+    )
+    return [(r.profile_id, r.kind, r.value_hash) for r in rows]
+
+
+def _traits(encryptor: FieldEncryptor, profile: Profile) -> dict[str, str]:
+    if not profile.traits_encrypted:
+        return {}
+    value = encryptor.decrypt_json(profile.traits_encrypted)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _merge(
+    session: Session, winner: Profile, loser: Profile, link: IdentifierCandidate, source: str, now: datetime
+) -> None:
+    """Fold ``loser`` into ``winner``: identities move, profiles merged into the loser re-point at the winner
+    (flattened), and the journal records what undoing needs. Traits are combined by the caller."""
+    moved = list(session.scalars(select(Identity.id).where(Identity.profile_id == loser.id).order_by(Identity.id)))
+    repointed = list(session.scalars(select(Profile.id).where(Profile.merged_into_id == loser.id)))
+    details: dict[str, Any] = {
+        "moved_identity_ids": moved,
+        "repointed_profile_ids": repointed,
+        "loser_traits_encrypted": loser.traits_encrypted,
+        "loser_region": loser.region,
+        "winner_traits_encrypted_before": winner.traits_encrypted,
+        "winner_region_before": winner.region,
+    }
+    if moved:
+        session.execute(
+            update(Identity).where(Identity.profile_id == loser.id).values(profile_id=winner.id),
+            execution_options={"synchronize_session": False},
+        )
+    if repointed:
+        session.execute(
+            update(Profile).where(Profile.merged_into_id == loser.id).values(merged_into_id=winner.id, updated_at=now),
+            execution_options={"synchronize_session": False},
+        )
+    loser.merged_into_id = winner.id
+    # The combined traits live on the winner; the loser's copy stays only in the journal (for undo).
+    loser.traits_encrypted = None
+    loser.updated_at = now
+    session.add(
+        ProfileMerge(
+            winner_id=winner.id,
+            loser_id=loser.id,
+            link_kind=link.kind,
+            link_hash=link.value_hash,
+            source=source[:120],
+            details=details,
+            created_at=now,
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attaching other identities (CMP user ids) and lookups
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Outcome of ``attach_identity``: ``status`` is ``attached``, ``already_attached``, ``held_by_other``
+    (another cluster holds it; nothing changed), ``suppressed`` (an erased person's) or ``over_limit``."""
+
+    status: str
+    profile_id: str
+    identity_id: int | None = None
+    other_profile_id: str | None = None
+
+
+def attach_identity(
+    session: Session,
+    encryptor: FieldEncryptor,
+    profile_id: str,
+    kind: str,
+    value_hash: str,
+    value_plain: str | None,
+    *,
+    now: datetime,
+    policy: IdentityPolicy | None = None,
+) -> Attachment:
+    """Attach one identifier (e.g. kind ``cmp:didomi``, hash of the CMP's user id) to a profile's cluster root.
+
+    Never merges: an identifier already held by another cluster is left there (``held_by_other``).
+    """
+    if not kind or len(kind) > 40:
+        raise ValueError("kind must be 1 to 40 characters, e.g. 'cmp:didomi'")
+    if len(value_hash) != 64:
+        raise ValueError("value_hash must be a SHA-256 hex digest")
+    value_hash = value_hash.lower()
+    policy = policy or identity_policy()
+    root_id = canonical_profile_id(session, profile_id)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with session.begin_nested():
+                if session.scalar(
+                    select(SuppressedIdentifier.id).where(
+                        SuppressedIdentifier.kind == kind, SuppressedIdentifier.value_hash == value_hash
+                    )
+                ):
+                    return Attachment("suppressed", root_id)
+                existing = session.execute(
+                    select(Identity.id, Identity.profile_id).where(
+                        Identity.kind == kind, Identity.value_hash == value_hash
+                    )
+                ).first()
+                if existing is not None:
+                    holder = canonical_profile_id(session, existing.profile_id)
+                    if holder == root_id:
+                        return Attachment("already_attached", root_id, existing.id)
+                    return Attachment("held_by_other", root_id, existing.id, holder)
+                root = session.get(Profile, root_id)
+                if root is None or root.erased_at is not None:
+                    return Attachment("suppressed", root_id)
+                held = session.scalar(
+                    select(func.count())
+                    .select_from(Identity)
+                    .where(Identity.profile_id == root_id, Identity.kind == kind)
+                )
+                if (held or 0) >= policy.limit_for(kind):
+                    return Attachment("over_limit", root_id)
+                identity = Identity(
+                    profile_id=root_id,
+                    kind=kind,
+                    value_hash=value_hash,
+                    value_encrypted=encryptor.encrypt_optional(value_plain),
+                    created_at=now,
+                    last_seen_at=now,
+                )
+                session.add(identity)
+                session.flush()
+                return Attachment("attached", root_id, identity.id)
+        except IntegrityError:
+            if attempt == MAX_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def canonical_profile_id(session: Session, profile_id: str) -> str:
+    """The root of the cluster ``profile_id`` belongs to (itself unless merged away). Raises ProfileNotFound."""
+    current = profile_id
+    for _ in range(8):  # flattened merges make this one hop; the bound guards against a corrupted chain
+        target = session.execute(select(Profile.merged_into_id).where(Profile.id == current)).first()
+        if target is None:
+            raise ProfileNotFound(profile_id)
+        if target.merged_into_id is None:
+            return current
+        current = target.merged_into_id
+    raise ProfileNotFound(profile_id)
+
+
+def cluster_ids(session: Session, root_id: str) -> list[str]:
+    """The root first, then every profile merged into it (oldest first)."""
+    others = session.scalars(
+        select(Profile.id).where(Profile.merged_into_id == root_id).order_by(Profile.created_at, Profile.id)
+    )
+    return [root_id, *others]
+
+
+def find_profile_by_identity(session: Session, kind: str, value_hash: str) -> str | None:
+    """The canonical profile holding (kind, hash), or None."""
+    row = session.execute(
+        select(Profile.id, Profile.merged_into_id)
+        .join(Identity, Identity.profile_id == Profile.id)
+        .where(Identity.kind == kind, Identity.value_hash == value_hash.lower())
+    ).first()
+    if row is None:
+        return None
+    return row.merged_into_id or row.id
+
+
+LOOKUP_KINDS = ("email", "phone", "external_id")
+
+
+def lookup_profile(
+    session: Session, kind: str, raw_value: str, *, settings: Settings, region: str | None = None
+) -> str | None:
+    """Normalize a raw email/phone/external_id exactly as identify does and return the canonical profile holding
+    it, or None. Raises IdentifierError when the value cannot be normalized (field: the kind)."""
+    if kind not in LOOKUP_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(LOOKUP_KINDS)}")
+    if kind == "email":
+        value = normalize_email(raw_value)
+    elif kind == "phone":
+        value = normalize_phone(raw_value, phone_regions_for(region, settings))
+    else:
+        value = normalize_external_id(raw_value)
+    if not value:
+        raise IdentifierError(kind, "is empty")
+    return find_profile_by_identity(session, kind, sha256_hex(value))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Erasure
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErasureSummary:
+    profile_id: str  # the cluster root
+    profiles: tuple[str, ...]  # every profile of the cluster, now tombstones
+    identities_removed: int
+    identifiers_suppressed: int  # newly added to the suppression list
+    traits_wiped: int  # profiles whose traits were removed
+    events_deleted: int  # pending/retrying events of the cluster
+    events_scrubbed: int  # other events whose encrypted user data (identifiers, IP, user agent) was removed
+    merges_redacted: int  # journal rows whose encrypted traits were removed
+    consent_records_kept: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "profile_id": self.profile_id,
+            "profiles": list(self.profiles),
+            "removed": {
+                "identities": self.identities_removed,
+                "traits": self.traits_wiped,
+                "pending_events": self.events_deleted,
+                "event_user_data": self.events_scrubbed,
+                "merge_journal_traits": self.merges_redacted,
+            },
+            "kept": {
+                "profile_tombstones": len(self.profiles),
+                "suppressed_identifiers_added": self.identifiers_suppressed,
+                "consent_records": self.consent_records_kept,
+            },
+        }
+
+
+def erase_profile(session: Session, profile_id: str, reason: str, *, now: datetime) -> ErasureSummary:
+    """Erase the person behind ``profile_id`` (its whole cluster).
+
+    Removed: identities (their (kind, hash) go on the suppression list so later events never re-create the
+    person), traits and region, pending/retrying events, the encrypted user data of other events, and the
+    encrypted traits in the merge journal. Kept: the profile rows as tombstones (``erased_at``) because consent
+    evidence references them, and the consent records themselves, which hold no raw identifiers.
+    """
+    from hub.consent.models import ConsentRecord
+
+    root = canonical_profile_id(session, profile_id)
+    members = cluster_ids(session, root)
+    identities = session.execute(
+        select(Identity.kind, Identity.value_hash).where(Identity.profile_id.in_(members))
+    ).all()
+    keys = {(r.kind, r.value_hash) for r in identities}
+    already = set()
+    if keys:
+        already = {
+            (r.kind, r.value_hash)
+            for r in session.execute(
+                select(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash).where(
+                    tuple_(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash).in_(list(keys))
+                )
+            )
+        }
+    for kind, value_hash in sorted(keys - already):
+        session.add(SuppressedIdentifier(kind=kind, value_hash=value_hash, reason=reason[:255], created_at=now))
+    removed = session.execute(
+        delete(Identity).where(Identity.profile_id.in_(members)), execution_options={"synchronize_session": False}
+    ).rowcount
+    profiles = list(session.scalars(select(Profile).where(Profile.id.in_(members))))
+    wiped = 0
+    for profile in profiles:
+        if profile.traits_encrypted is not None:
+            wiped += 1
+        profile.traits_encrypted = None
+        profile.region = None
+        if profile.erased_at is None:
+            profile.erased_at = now
+        profile.updated_at = now
+    events_deleted = session.execute(
+        delete(Event).where(Event.profile_id.in_(members), Event.status.in_(PENDING_EVENT_STATUSES)),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    events_scrubbed = session.execute(
+        update(Event)
+        .where(Event.profile_id.in_(members), Event.user_data_encrypted.is_not(None))
+        .values(user_data_encrypted=None, context_purged_at=now),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    redacted = 0
+    for merge in session.scalars(
+        select(ProfileMerge).where(ProfileMerge.winner_id.in_(members) | ProfileMerge.loser_id.in_(members))
+    ):
+        details = dict(merge.details or {})
+        secret_keys = [k for k in details if k.endswith("_encrypted")]
+        if secret_keys or not details.get("erased"):
+            for key in secret_keys:
+                details.pop(key)
+            details["erased"] = True
+            merge.details = details
+            redacted += 1 if secret_keys else 0
+    consent_kept = session.scalar(
+        select(func.count()).select_from(ConsentRecord).where(ConsentRecord.profile_id.in_(members))
+    )
+    session.flush()
+    return ErasureSummary(
+        profile_id=root,
+        profiles=tuple(members),
+        identities_removed=removed or 0,
+        identifiers_suppressed=len(keys - already),
+        traits_wiped=wiped,
+        events_deleted=events_deleted or 0,
+        events_scrubbed=events_scrubbed or 0,
+        merges_redacted=redacted,
+        consent_records_kept=consent_kept or 0,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading a profile back (API, admin UI, export)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def profile_traits(encryptor: FieldEncryptor, profile: Profile) -> dict[str, str]:
+    """The decrypted traits of a profile ({} when none)."""
+    return _traits(encryptor, profile)
+
+
+def decrypt_or_marker(encryptor: FieldEncryptor, token: str | None) -> str | None:
+    """Decrypt for display; a token that no configured key opens is shown as a marker, not an error page."""
+    if token is None:
+        return None
+    try:
+        return encryptor.decrypt(token)
+    except DecryptionError:
+        return "<cannot be decrypted with HUB_ENCRYPTION_KEY>"
