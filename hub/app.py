@@ -64,7 +64,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     engine = create_db_engine(settings.database_url)
     sessionmaker = make_sessionmaker(engine)
     metrics = Metrics()
-    metrics.watch_database(sessionmaker)
+    metrics.watch_database(engine)
     app.extensions.update(
         {
             "hub.settings": settings,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from hub import migrate
 from hub.config import ConfigError, Settings, load_settings
@@ -130,10 +132,17 @@ def db_check() -> None:
     click.echo("database is at head; models and migrations agree")
 
 
-def session_scope_for(cfg: Settings) -> Any:
+@contextmanager
+def session_scope_for(cfg: Settings) -> Iterator[Session]:
+    """One unit of work for a CLI command, on an engine of its own that is disposed afterwards."""
     from hub.db import create_db_engine, make_sessionmaker, session_scope
 
-    return session_scope(make_sessionmaker(create_db_engine(cfg.database_url)))
+    engine = create_db_engine(cfg.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 @main.group("api-key")

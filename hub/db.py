@@ -101,9 +101,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return  # read-only probes (readiness, metrics) must never queue behind a writer
         # IMMEDIATE takes the write lock up front: concurrent writers queue on busy_timeout instead of
         # failing later with SQLITE_BUSY when a read transaction tries to upgrade.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def read_only_connection(engine: Engine) -> Any:
+    """A connection for short reads outside any unit of work (no transaction, so no SQLite write lock)."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

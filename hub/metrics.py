@@ -3,49 +3,50 @@ depth, oldest due event, events by status) are read at scrape time so every proc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from hub.db import utcnow
+from hub.db import read_only_connection, utcnow
 
 
 class DatabaseCollector(Collector):
-    def __init__(self, session_factory: Callable[[], Session]) -> None:
-        self._session_factory = session_factory
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from hub.events.models import Event
 
+        up = GaugeMetricFamily("hub_database_up", "1 when the database answered this scrape")
         by_status = GaugeMetricFamily("hub_events", "Events by delivery status", labels=["status"])
         depth = GaugeMetricFamily("hub_queue_depth", "Events waiting to be decided or delivered")
         oldest = GaugeMetricFamily(
             "hub_oldest_due_event_age_seconds", "Age of the oldest event that is due and not yet delivered"
         )
-        session = self._session_factory()
+        now = utcnow()
         try:
-            rows = session.execute(select(Event.status, func.count()).group_by(Event.status)).all()
-            counts = dict(rows)
-            for status in ("pending", "sent", "blocked", "retrying", "dead"):
-                by_status.add_metric([status], counts.get(status, 0))
-            depth.add_metric([], counts.get("pending", 0) + counts.get("retrying", 0))
-            now = utcnow()
-            first_due = session.scalar(
-                select(func.min(Event.received_at)).where(
-                    Event.status.in_(("pending", "retrying")),
-                    (Event.next_attempt_at.is_(None)) | (Event.next_attempt_at <= now),
-                )
-            )
-            oldest.add_metric([], max(0.0, (now - first_due).total_seconds()) if first_due else 0.0)
-        finally:
-            session.close()
-        yield by_status
-        yield depth
-        yield oldest
+            with read_only_connection(self._engine) as conn:
+                counts = dict(conn.execute(select(Event.status, func.count()).group_by(Event.status)).all())
+                first_due = conn.execute(
+                    select(func.min(Event.received_at)).where(
+                        Event.status.in_(("pending", "retrying")),
+                        (Event.next_attempt_at.is_(None)) | (Event.next_attempt_at <= now),
+                    )
+                ).scalar()
+        except SQLAlchemyError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for status in ("pending", "sent", "blocked", "retrying", "dead"):
+            by_status.add_metric([status], counts.get(status, 0))
+        depth.add_metric([], counts.get("pending", 0) + counts.get("retrying", 0))
+        oldest.add_metric([], max(0.0, (now - first_due).total_seconds()) if first_due else 0.0)
+        yield from (up, by_status, depth, oldest)
 
 
 class Metrics:
@@ -93,5 +94,5 @@ class Metrics:
             "hub_cmp_webhooks", "CMP webhook deliveries", ["source", "result"], registry=self.registry
         )
 
-    def watch_database(self, session_factory: Callable[[], Session]) -> None:
-        self.registry.register(DatabaseCollector(session_factory))
+    def watch_database(self, engine: Engine) -> None:
+        self.registry.register(DatabaseCollector(engine))

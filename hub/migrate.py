@@ -37,7 +37,9 @@ def head_revisions(database_url: str) -> set[str]:
 
 
 def current_revisions(engine: Engine) -> set[str]:
-    with engine.connect() as conn:
+    from hub.db import read_only_connection
+
+    with read_only_connection(engine) as conn:
         return set(MigrationContext.configure(conn).get_current_heads())
 
 

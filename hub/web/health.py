@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub import migrate
+from hub.db import read_only_connection
 
 bp = Blueprint("health", __name__)
 
@@ -21,7 +22,7 @@ def healthz() -> Response:
 def readyz() -> Response | tuple[Response, int]:
     engine = current_app.extensions["hub.engine"]
     try:
-        with engine.connect() as conn:
+        with read_only_connection(engine) as conn:
             conn.execute(text("SELECT 1"))
         at_head = migrate.is_at_head(engine)
     except SQLAlchemyError as exc:

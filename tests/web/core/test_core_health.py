@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from hub import migrate
+from tests.support.databases import TestDatabase
+
+
+def test_healthz(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_readyz_when_database_is_migrated(client: FlaskClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["status"] == "ready"
+
+
+def test_readyz_says_when_migrations_are_behind(fresh_database: TestDatabase, settings, encryption_key) -> None:
+    from hub.app import create_app
+    from tests.conftest import make_settings
+
+    migrate.downgrade(fresh_database.url, "-1", engine=fresh_database.engine)
+    app = create_app(make_settings(settings.data_dir, fresh_database.url, encryption_key))
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        app.extensions["hub.engine"].dispose()
+    assert response.status_code == 503
+    assert "hub db upgrade" in response.json["migrations"]
+
+
+def test_readyz_when_database_is_unreachable(tmp_path, encryption_key) -> None:
+    from hub.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, "postgresql+psycopg://nobody@127.0.0.1:1/none", encryption_key))
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["database"] == "unreachable"
+
+
+def test_metrics_exposes_queue_gauges(client: FlaskClient) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert 'hub_events{status="pending"} 0.0' in body
+    assert "hub_queue_depth 0.0" in body
+    assert "hub_oldest_due_event_age_seconds" in body
+
+
+def test_unknown_api_path_is_json(client: FlaskClient) -> None:
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"
+
+
+def test_htmx_is_served_locally(client: FlaskClient) -> None:
+    response = client.get("/static/vendor/htmx-2.0.11.min.js")
+    try:
+        assert response.status_code == 200
+        assert b"htmx" in response.data[:2000]
+    finally:
+        response.close()
