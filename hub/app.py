@@ -25,6 +25,7 @@ BLUEPRINTS: tuple[tuple[str, bool], ...] = (
     ("hub.web.health:bp", True),
     ("hub.auth.views:bp", False),
     ("hub.web.home:bp", False),
+    ("hub.profiles.api:bp", True),
 )
 
 csrf = CSRFProtect()
