@@ -189,5 +189,70 @@ def user_add(email: str, role: str) -> None:
         click.echo(f"{added.email} is {added.role}")
 
 
+@main.group("import")
+def import_group() -> None:
+    """Bulk imports."""
+
+
+@import_group.command("profiles")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1), help="Rows per commit.")
+@friendly_errors
+def import_profiles_command(file: str, batch_size: int) -> None:
+    """Import profiles from a CSV FILE whose header names CONTRACT user keys (email, phone, external_id,
+    first_name, ...) and optionally region. Safe to run again: rows already imported change nothing."""
+    import io
+    import os
+
+    from hub.db import create_db_engine, make_sessionmaker
+    from hub.encryption import FieldEncryptor
+    from hub.profiles.importer import ImportHeaderError, import_profiles
+
+    cfg = settings()
+    engine = create_db_engine(cfg.database_url)
+    size = os.path.getsize(file)
+    try:
+        with (
+            open(file, "rb") as raw,
+            io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text,
+            click.progressbar(length=size, label="Importing profiles", file=sys.stderr) as bar,
+        ):
+            done = 0
+
+            def advance(_rows: int) -> None:
+                nonlocal done
+                position = raw.tell()  # bytes read so far (the text layer reads ahead in chunks)
+                bar.update(position - done)
+                done = position
+
+            summary = import_profiles(
+                make_sessionmaker(engine),
+                FieldEncryptor(cfg.encryption_keys),
+                cfg,
+                text,
+                batch_size=batch_size,
+                on_row=advance,
+            )
+            bar.update(size - done)
+    except ImportHeaderError as exc:
+        raise click.ClickException(f"{file}: {exc}; nothing was imported") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file} is not UTF-8 text; rows before the bad bytes were imported") from None
+    finally:
+        engine.dispose()
+    click.echo(
+        f"{summary.rows} rows: {summary.created} created, {summary.merged} merged, {summary.updated} updated, "
+        f"{summary.unchanged} unchanged, {summary.rejected} rejected"
+    )
+    for label, problems, total in (
+        ("rejected", summary.rejections, summary.rejected),
+        ("note", summary.warnings, summary.warned),
+    ):
+        for problem in problems:
+            click.echo(f"  {label}: row {problem.row}: {problem.reason}")
+        if total > len(problems):
+            click.echo(f"  ... and {total - len(problems)} more {label} rows")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

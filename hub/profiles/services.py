@@ -93,8 +93,8 @@ class Resolution:
     erased person; nothing was created or attached. ``notes``: ``"user.email: …"`` sentences for identifiers
     ignored (blocklist), not attached (limits) or left where they are (weak identifiers of another profile).
     ``conflict``/``conflict_field``: why nothing was merged (two external_ids). ``errors``: field problems from
-    normalization and the context region (those fields were not used). ``traits_changed``/``region``: an existing
-    profile's traits were rewritten / its region after the call.
+    normalization and the context region (those fields were not used). ``traits_changed``/``region_changed``:
+    an existing profile's traits / region were rewritten; ``region``: the profile's region after the call.
     """
 
     profile_id: str | None
@@ -109,10 +109,12 @@ class Resolution:
     errors: Mapping[str, str] = field(default_factory=dict)
     traits_changed: bool = False
     region: str | None = None
+    region_changed: bool = False
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.merged or self.attached or self.traits_changed)
+        """Whether the call wrote anything (besides refreshing last_seen_at)."""
+        return bool(self.created or self.merged or self.attached or self.traits_changed or self.region_changed)
 
 
 class IdentityConflict(Exception):
@@ -428,6 +430,7 @@ def _resolve_once(
         notes=tuple(notes),
         traits_changed=traits_changed,
         region=target.region,
+        region_changed=region_changed,
     )
 
 
