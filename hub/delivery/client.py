@@ -114,7 +114,7 @@ class CapiClient:
         wire["access_token"] = access_token
         if app_secret:
             wire["appsecret_proof"] = appsecret_proof(access_token, app_secret)
-        payload = json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+        payload = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, check_circular=False).encode()
 
         started = time.perf_counter()
         try:

@@ -66,6 +66,10 @@ _HASHED_KEY_SET = frozenset(HASHED_KEYS)
 _PLAIN_KEY_SET = frozenset(PLAIN_KEYS)
 _ACTION_SOURCE_SET = frozenset(ACTION_SOURCES)
 _LETTER = re.compile(r"[A-Za-z]")
+_WEAK_KEYS = frozenset().union(*BASELINE_INSUFFICIENT_SETS)
+_STRONG_KEYS = (_HASHED_KEY_SET | _PLAIN_KEY_SET) - _WEAK_KEYS
+_OLDEST_SENDABLE_SECONDS = (MAX_EVENT_AGE - SEND_SAFETY_MARGIN).total_seconds()
+_FUTURE_TOLERANCE_SECONDS = FUTURE_CLOCK_SKEW_TOLERANCE.total_seconds()
 
 
 class PayloadRejected(ValueError):
@@ -116,6 +120,9 @@ def baseline_insufficient(user_data_keys: AbstractSet[str]) -> bool:
 
     The empty set is a subset of every combination, so it is insufficient too.
     """
+    if not _STRONG_KEYS.isdisjoint(user_data_keys):
+        # Fast path: a key outside every weak combination (em, ph, external_id, IP, fbp, fbc…) is enough.
+        return False
     return any(user_data_keys <= weak for weak in BASELINE_INSUFFICIENT_SETS)
 
 
@@ -132,10 +139,10 @@ def build_capi_event(ev: CapiEventInput, now: datetime) -> dict:
         )
 
     event_name = ev.event_name
-    if not isinstance(event_name, str) or not event_name.strip():
+    if not isinstance(event_name, str) or not event_name or event_name.isspace():
         raise PayloadRejected("bad_event_name", "event_name must be a non-empty string", "event_name")
     event_id = ev.event_id
-    if not isinstance(event_id, str) or not event_id.strip():
+    if not isinstance(event_id, str) or not event_id or event_id.isspace():
         # Meta: event_id (+ event_name) is the dedup key; hub always sends one, stable across retries (checklist 8).
         raise PayloadRejected("bad_event_id", "event_id must be a non-empty string", "event_id")
     action_source = ev.action_source
@@ -188,7 +195,10 @@ def build_capi_event(ev: CapiEventInput, now: datetime) -> dict:
     if ev.opt_out:
         # Meta: opt_out true = use the event for attribution only, not delivery optimisation (§4).
         out["opt_out"] = True
-    _add_data_processing_options(out, ev.ldu)
+    if ev.ldu is None:
+        out["data_processing_options"] = []  # Meta: an explicit [] states that LDU does not apply (§7)
+    else:
+        _add_data_processing_options(out, ev.ldu)
     return out
 
 
@@ -230,25 +240,28 @@ def check_partner_agent(partner_agent: str) -> None:
 
 def _event_time(occurred_at: datetime, now: datetime) -> int:
     # Meta: event_time is integer Unix seconds (§3); floor so a clamped time is never after now.
-    age = now - occurred_at
-    if age < timedelta(0):
-        if -age > FUTURE_CLOCK_SKEW_TOLERANCE:
+    # (Float seconds rather than timedelta arithmetic: this runs for every event of every batch.)
+    occurred = occurred_at.timestamp()
+    current = now.timestamp()
+    age = current - occurred
+    if age < 0:
+        if -age > _FUTURE_TOLERANCE_SECONDS:
             raise PayloadRejected(
                 "future_event_time",
-                f"occurred_at is {-age} in the future (more than the {FUTURE_CLOCK_SKEW_TOLERANCE} clock-skew "
-                "tolerance); Meta must never receive a future event_time",
+                f"occurred_at is {timedelta(seconds=-age)} in the future (more than the "
+                f"{FUTURE_CLOCK_SKEW_TOLERANCE} clock-skew tolerance); Meta must never receive a future event_time",
                 "event_time",
             )
         # Within tolerance: clock skew, send now rather than a future time (checklist 6).
-        return math.floor(now.timestamp())
-    if age > MAX_EVENT_AGE - SEND_SAFETY_MARGIN:
+        return math.floor(current)
+    if age > _OLDEST_SENDABLE_SECONDS:
         raise PayloadRejected(
             "too_old",
-            f"occurred_at is {age} ago; Meta rejects the whole request when an event is older than 7 days "
-            f"(hub stops {SEND_SAFETY_MARGIN} earlier so in-flight requests never cross the line)",
+            f"occurred_at is {timedelta(seconds=age)} ago; Meta rejects the whole request when an event is older "
+            f"than 7 days (hub stops {SEND_SAFETY_MARGIN} earlier so in-flight requests never cross the line)",
             "event_time",
         )
-    return math.floor(occurred_at.timestamp())
+    return math.floor(occurred)
 
 
 def _user_data(ev: CapiEventInput) -> dict:
@@ -259,6 +272,12 @@ def _user_data(ev: CapiEventInput) -> dict:
             raise PayloadRejected("unknown_identifier", f"{key!r} is not a hashed CAPI identifier", f"user_data.{key}")
         if allowed is not None and key not in allowed:
             continue
+        if type(value) is str:  # inline fast path for the common single value; lists go to _checked_hashes
+            if not _is_sha256_hex(value):
+                raise _not_hashed(key, value, f"user_data.{key}")
+            if value != EMPTY_STRING_SHA256:
+                user_data[key] = value
+            continue
         checked = _checked_hashes(key, value)
         if checked is not None:
             user_data[key] = checked
@@ -267,9 +286,9 @@ def _user_data(ev: CapiEventInput) -> dict:
             raise PayloadRejected("unknown_identifier", f"{key!r} is not a plain CAPI identifier", f"user_data.{key}")
         if allowed is not None and key not in allowed:
             continue
-        if value is None or value == "":
+        if not value:
             continue
-        if not isinstance(value, str):
+        if type(value) is not str and not isinstance(value, str):
             raise PayloadRejected("bad_identifier", f"{key} must be a string", f"user_data.{key}")
         # Meta: sent verbatim — never hashed, lowercased or rewritten (checklist 12, 19, 20).
         user_data[key] = value
@@ -280,7 +299,7 @@ def _user_data(ev: CapiEventInput) -> dict:
             "no customer identifier is left to send (none given, or none allowed by the region rule)",
             "user_data",
         )
-    if baseline_insufficient(user_data.keys()):
+    if _STRONG_KEYS.isdisjoint(user_data) and baseline_insufficient(user_data.keys()):
         raise PayloadRejected(
             "insufficient_customer_information",
             f"identifiers {sorted(user_data)} are too few for Meta's baseline matching rule (Meta answers "
@@ -296,12 +315,14 @@ def _checked_hashes(key: str, value: str | Sequence[str] | None) -> str | list[s
     A hash of the empty string means the identifier was empty after normalization: nothing to send, not an
     error (checklist 17: never emit it).
     """
-    if value is None:
-        return None
-    if isinstance(value, str):
+    if type(value) is str:  # the common case first: one value
         if not _is_sha256_hex(value):
             raise _not_hashed(key, value, f"user_data.{key}")
         return None if value == EMPTY_STRING_SHA256 else value
+    if value is None:
+        return None
+    if isinstance(value, str):  # a str subclass
+        return _checked_hashes(key, str(value))
     seen: dict[str, None] = {}
     for i, item in enumerate(value):
         if not isinstance(item, str) or not _is_sha256_hex(item):
