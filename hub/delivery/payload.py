@@ -157,7 +157,7 @@ def build_capi_event(ev: CapiEventInput, now: datetime) -> dict:
 
     url = ev.event_source_url
     if url:
-        if not _is_absolute_http_url(url):
+        if not isinstance(url, str) or not _is_absolute_http_url(url):
             raise PayloadRejected(
                 "bad_event_source_url", "event_source_url must be an absolute http(s) URL", "event_source_url"
             )
@@ -323,6 +323,8 @@ def _checked_hashes(key: str, value: str | Sequence[str] | None) -> str | list[s
         return None
     if isinstance(value, str):  # a str subclass
         return _checked_hashes(key, str(value))
+    if not isinstance(value, Sequence):
+        raise _not_hashed(key, value, f"user_data.{key}")
     seen: dict[str, None] = {}
     for i, item in enumerate(value):
         if not isinstance(item, str) or not _is_sha256_hex(item):

@@ -180,6 +180,7 @@ def test_custom_event_name_kept_verbatim_case_sensitive():
         ("https://", "bad_event_source_url"),
         ("https://shop.example.com/a b", "bad_event_source_url"),
         ("javascript:alert(1)", "bad_event_source_url"),
+        (42, "bad_event_source_url"),
     ],
 )
 def test_website_needs_absolute_http_url(url, code):
@@ -298,6 +299,9 @@ def test_baseline_insufficient(keys, expected):
         ([EM, "raw@example.com"], "user_data.em[1]"),
         ([EM, None], "user_data.em[1]"),
         ([EM, 5], "user_data.em[1]"),
+        (5, "user_data.em"),
+        ({"a": EM}, "user_data.em"),
+        (EM.encode(), "user_data.em[0]"),
     ],
 )
 def test_hashed_values_must_be_lowercase_sha256(value, field):
