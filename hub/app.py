@@ -26,6 +26,7 @@ BLUEPRINTS: tuple[tuple[str, bool], ...] = (
     ("hub.auth.views:bp", False),
     ("hub.web.home:bp", False),
     ("hub.profiles.api:bp", True),
+    ("hub.events.api:bp", True),
 )
 
 csrf = CSRFProtect()

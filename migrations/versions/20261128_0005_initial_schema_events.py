@@ -8,6 +8,7 @@ Each migration must run on SQLite and PostgreSQL and stay compatible with the pr
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -134,6 +135,70 @@ def upgrade() -> None:
         batch_op.create_index("ix_events_status_next_attempt", ["status", "next_attempt_at"], unique=False)
 
     # ### end Alembic commands ###
+
+    # The shipped region rules (reference/consent.md §6; hub.rules.defaults.DEFAULT_RULES, which a test compares
+    # with these rows). Literal data: a migration must not import hub code, whose later versions may change.
+    opt_in = ["ad_user_data"]
+    opt_out = ["sale", "sharing", "targeted_advertising"]
+    eea_identifiers = [
+        "em", "ph", "fn", "ln", "ct", "st", "zp", "country", "external_id",
+        "fbp", "fbc", "client_ip_address", "client_user_agent",
+    ]  # fmt: skip
+    minimal_identifiers = ["em", "ph", "external_id"]
+    ldu_states = [
+        "US-CA", "US-CO", "US-CT", "US-FL", "US-OR", "US-TX", "US-MT",
+        "US-DE", "US-NE", "US-NH", "US-NJ", "US-MN", "US-MD", "US-RI",
+    ]  # fmt: skip
+    rules: list[tuple[str, str, str, list[str] | None, str]] = [
+        ("EEA", "opt_in", "never", eea_identifiers, "EEA: GDPR/ePrivacy, consent before ads use (consent.md §6)"),
+        ("GB", "opt_in", "never", eea_identifiers, "UK: GDPR/PECR, as the EEA (consent.md §6)"),
+        ("CH", "opt_in", "never", eea_identifiers, "Switzerland: opt-in by product default (consent.md §6)"),
+        *[
+            (state, "opt_out", "on_opt_out", None, "US state where Meta honours Limited Data Use (capi.md §7)")
+            for state in ldu_states
+        ],
+        ("US", "opt_out", "never", None, "Rest of the US: opt-out; an opt-out drops the event (consent.md §6)"),
+        ("CA", "opt_out", "never", None, "Canada (PIPEDA): implied consent, opt-out (consent.md §6)"),
+        ("CA-QC", "opt_in", "never", None, "Quebec Law 25: profiling off by default (consent.md §6)"),
+        ("BR", "opt_in", "never", None, "Brazil (LGPD): consent for web tracking (consent.md §6)"),
+        *[
+            (country, "opt_in", "never", minimal_identifiers, "Consent-first regime, minimal identifiers")
+            for country in ("CN", "IN", "JP", "KR", "TR")
+        ],
+        ("*", "opt_in", "never", None, "Any other or unknown region: the strictest, opt-in (CONTRACT.md)"),
+    ]
+    region_rules = sa.table(
+        "region_rules",
+        sa.column("region", sa.String),
+        sa.column("mode", sa.String),
+        sa.column("required_purposes", sa.JSON),
+        sa.column("opt_out_purposes", sa.JSON),
+        sa.column("ldu", sa.String),
+        sa.column("identifiers", sa.JSON),
+        sa.column("enabled", sa.Boolean),
+        sa.column("note", sa.String),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+    )
+    now = datetime.now(UTC)
+    op.bulk_insert(
+        region_rules,
+        [
+            {
+                "region": region,
+                "mode": mode,
+                "required_purposes": opt_in,
+                "opt_out_purposes": opt_out,
+                "ldu": ldu,
+                "identifiers": identifiers,
+                "enabled": True,
+                "note": note,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for region, mode, ldu, identifiers, note in rules
+        ],
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,291 @@
+"""Event ingestion into the outbox, and the stored event as the API shows it (CONTRACT.md, events).
+
+`ingest_events` accepts a batch event by event: each event is validated on its own (`hub.events.schemas` for the
+structure, identity preparation for the `user` values and the region), then resolved to a profile and written as
+one `Event` row inside its own SAVEPOINT, so a failure of one event (a concurrent insert of the same `event_id`)
+never undoes the others. The caller owns the commit (the request's single commit point): the API answers 202
+only after that commit succeeded, so every "accepted" result is durable.
+
+Decisions:
+
+* A rejected event stores nothing — no profile, no identity, no event. That includes an event whose `user` has a
+  field that cannot be normalized: the sender learns which field (`user.phone`) and resends, rather than hub
+  silently forwarding less than the sender believes.
+* `event_id` repeated (already stored, or earlier in the same batch) → `duplicate`, nothing changes, even if the
+  repeat carries different data (at-least-once senders retry with the same id; the first copy wins).
+* fbc: a `user.fbc` wins; otherwise an `fbclid` in `source_url` becomes `fb.1.<occurred_at ms>.<fbclid>` (Meta
+  [FBC], capi.md §5: subdomain index 1 server-side, creation time = when the click was first seen).
+* Browser posts (header `X-Hub-Client: browser`, sent by `static/hub.js`): a missing `user.ip_address` /
+  `user.user_agent` is taken from the request (remote address, User-Agent header). Server-to-server posts never
+  get the backend's own address or agent attached. `context.gpc` wins over the `Sec-GPC: 1` header.
+* Identifiers, IP and user agent are stored only as one Fernet token (`user_data_encrypted`: JSON
+  `{"hashes": {em, ph, ...}, "browser": {fbp, fbc, client_ip_address, client_user_agent}}`), never in columns.
+  For a person on the erasure suppression list nothing about them is kept: the event is stored (so the sender
+  sees it blocked, and a retry stays a duplicate) without user data, and will be decided `suppressed`.
+* `region` is the validated `context.region`; when absent the decision falls back to the profile's region at
+  decision time (DESIGN §4.3), so it is not copied here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hub.config import Settings
+from hub.encryption import FieldEncryptor
+from hub.events.models import Event
+from hub.events.schemas import ParsedEvent, parse_event
+from hub.profiles.identifiers import identity_policy
+from hub.profiles.normalize import fbc_from_url
+from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_prepared
+
+MAX_BATCH = 1000
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
+# Identity resolution journals merges with the source that caused them.
+RESOLUTION_SOURCE = "events"
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the HTTP request itself says about the person, used only for browser posts (see module docstring)."""
+
+    browser: bool = False
+    remote_addr: str | None = None
+    user_agent: str | None = None
+    sec_gpc: bool = False
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    index: int
+    event_id: str | None
+    status: str  # "accepted" | "duplicate" | "rejected"
+    profile_id: str | None = None
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "event_id": self.event_id,
+            "status": self.status,
+            "profile_id": self.profile_id,
+            "errors": dict(self.errors),
+        }
+
+
+@dataclass
+class _Candidate:
+    index: int
+    event_id: str
+    parsed: ParsedEvent
+    prepared: PreparedIdentity
+    gpc: bool | None
+
+
+def _user_with_request_facts(parsed: ParsedEvent, request: RequestFacts) -> dict[str, Any]:
+    user = dict(parsed.user)
+    if user.get("fbc") is None and parsed.source_url:
+        fbc = fbc_from_url(parsed.source_url, parsed.occurred_at)
+        if fbc is not None:
+            user["fbc"] = fbc
+    if request.browser:
+        if user.get("ip_address") is None and request.remote_addr:
+            user["ip_address"] = request.remote_addr
+        if user.get("user_agent") is None and request.user_agent:
+            user["user_agent"] = request.user_agent
+    return user
+
+
+def validate_event(
+    raw: object, index: int, *, now: datetime, settings: Settings, request: RequestFacts
+) -> _Candidate | IngestResult:
+    """Parse and prepare one event; a rejected `IngestResult` when anything is wrong."""
+    parsed, errors = parse_event(raw, now)
+    raw_id = raw.get("event_id") if isinstance(raw, dict) else None
+    echo_id = raw_id if isinstance(raw_id, str) else (str(raw_id) if isinstance(raw_id, int) else None)
+    if parsed is None:
+        return IngestResult(index, echo_id, REJECTED, errors=errors)
+    prepared = prepare_identity(_user_with_request_facts(parsed, request), region=parsed.region, settings=settings)
+    if prepared.errors:
+        return IngestResult(index, parsed.event_id, REJECTED, errors=dict(prepared.errors))
+    gpc = parsed.gpc if parsed.gpc is not None else (True if request.sec_gpc else None)
+    return _Candidate(index, parsed.event_id or uuid.uuid4().hex, parsed, prepared, gpc)
+
+
+def _existing(session: Session, event_ids: Sequence[str]) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        for row in session.execute(select(Event.event_id, Event.profile_id).where(Event.event_id.in_(chunk))):
+            found[row.event_id] = row.profile_id
+    return found
+
+
+def _user_data_token(encryptor: FieldEncryptor, prepared: PreparedIdentity) -> str | None:
+    hashes = dict(prepared.normalized.hashes)
+    browser = dict(prepared.normalized.browser)
+    if not hashes and not browser:
+        return None
+    return encryptor.encrypt_json({"hashes": hashes, "browser": browser})
+
+
+def ingest_events(
+    session: Session,
+    encryptor: FieldEncryptor,
+    raw_events: Sequence[object],
+    *,
+    settings: Settings,
+    now: datetime,
+    request: RequestFacts | None = None,
+) -> list[IngestResult]:
+    """Validate, resolve and store each event; one result per input, in input order (see module docstring).
+
+    Flushes only; the caller commits. Raises ValueError for more than MAX_BATCH events (the API answers 413
+    before calling).
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    if len(raw_events) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} events per request")
+    request = request or RequestFacts()
+    grace = timedelta(seconds=settings.consent_grace_seconds)
+    results: dict[int, IngestResult] = {}
+    candidates: list[_Candidate] = []
+    seen_in_batch: dict[str, int] = {}
+    for index, raw in enumerate(raw_events):
+        checked = validate_event(raw, index, now=now, settings=settings, request=request)
+        if isinstance(checked, IngestResult):
+            results[index] = checked
+        elif checked.event_id in seen_in_batch:
+            results[index] = IngestResult(index, checked.event_id, DUPLICATE)
+        else:
+            seen_in_batch[checked.event_id] = index
+            candidates.append(checked)
+
+    stored = _existing(session, [c.event_id for c in candidates]) if candidates else {}
+    policy = identity_policy(settings.extra)
+    first_profile: dict[str, str | None] = {}
+    for candidate in candidates:
+        if candidate.event_id in stored:
+            results[candidate.index] = IngestResult(
+                candidate.index, candidate.event_id, DUPLICATE, profile_id=stored[candidate.event_id]
+            )
+            continue
+        results[candidate.index] = _store(session, encryptor, candidate, settings, now, grace, policy)
+        first_profile[candidate.event_id] = results[candidate.index].profile_id
+    # In-batch repeats report the profile of the copy that was stored.
+    for index, result in results.items():
+        if result.status == DUPLICATE and result.profile_id is None and result.event_id in first_profile:
+            results[index] = IngestResult(index, result.event_id, DUPLICATE, profile_id=first_profile[result.event_id])
+    return [results[index] for index in range(len(raw_events))]
+
+
+def _store(
+    session: Session,
+    encryptor: FieldEncryptor,
+    candidate: _Candidate,
+    settings: Settings,
+    now: datetime,
+    grace: timedelta,
+    policy: Any,
+) -> IngestResult:
+    parsed = candidate.parsed
+    try:
+        with session.begin_nested():
+            resolution = resolve_prepared(
+                session,
+                encryptor,
+                candidate.prepared,
+                source=RESOLUTION_SOURCE,
+                settings=settings,
+                now=now,
+                policy=policy,
+            )
+            event = Event(
+                event_id=candidate.event_id,
+                source_event=parsed.source_event,
+                profile_id=resolution.profile_id,
+                occurred_at=parsed.occurred_at,
+                received_at=now,
+                action_source=parsed.action_source,
+                source_url=parsed.source_url,
+                user_data_encrypted=None if resolution.suppressed else _user_data_token(encryptor, candidate.prepared),
+                region=candidate.prepared.region,
+                gpc=candidate.gpc,
+                suppressed=resolution.suppressed,
+                properties=dict(parsed.properties) if parsed.properties is not None else None,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now + grace,
+                unknown_outcome_resends=0,
+            )
+            session.add(event)
+            session.flush()
+    except IntegrityError:
+        # Another request stored the same event_id between our look-up and this insert: it is a duplicate.
+        # Anything else (a foreign key, a check constraint) is a bug and must not be reported as one.
+        existing = session.execute(
+            select(Event.event_id, Event.profile_id).where(Event.event_id == candidate.event_id)
+        ).first()
+        if existing is None:
+            raise
+        return IngestResult(candidate.index, candidate.event_id, DUPLICATE, profile_id=existing.profile_id)
+    return IngestResult(candidate.index, candidate.event_id, ACCEPTED, profile_id=resolution.profile_id)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def event_document(event: Event) -> dict[str, Any]:
+    """The stored event as `GET /api/v1/events/{event_id}` shows it: status, the decision explained, delivery.
+
+    Never includes identifiers, IP or user agent (they stay encrypted); `properties` are the sender's own data.
+    """
+    waiting = None
+    if event.decided_at is None and event.status == "pending":
+        # Not decided yet (DESIGN §4.4): the scheduler decides once the grace period for late consent is over.
+        waiting = (
+            f"Not decided yet: consent is evaluated after the grace period, from {_iso(event.next_attempt_at)}."
+            if event.next_attempt_at
+            else "Not decided yet."
+        )
+    return {
+        "event_id": event.event_id,
+        "event": event.source_event,
+        "status": event.status,
+        "profile_id": event.profile_id,
+        "occurred_at": _iso(event.occurred_at),
+        "received_at": _iso(event.received_at),
+        "action_source": event.action_source,
+        "source_url": event.source_url,
+        "region": event.region,
+        "gpc": event.gpc,
+        "suppressed": event.suppressed,
+        "decided_at": _iso(event.decided_at),
+        "decision": event.decision,
+        "waiting": waiting,
+        "mapping": None if event.mapping_id is None else {"id": event.mapping_id, "version": event.mapping_version},
+        "attempts": event.attempts,
+        "next_attempt_at": _iso(event.next_attempt_at),
+        "last_error": event.last_error,
+        "delivery": {
+            "destination_id": event.destination_id,
+            "delivered_attempt_id": event.delivered_attempt_id,
+            "sent_at": _iso(event.sent_at),
+            "unknown_outcome_resends": event.unknown_outcome_resends,
+        },
+    }
+
+
+def find_event(session: Session, event_id: str) -> Event | None:
+    return session.execute(select(Event).where(Event.event_id == event_id)).scalar_one_or_none()
