@@ -26,6 +26,8 @@ BLUEPRINTS: tuple[tuple[str, bool], ...] = (
     ("hub.auth.views:bp", False),
     ("hub.web.home:bp", False),
     ("hub.profiles.api:bp", True),
+    ("hub.consent.api:bp", True),
+    ("hub.cmp.views:bp", True),
     ("hub.events.api:bp", True),
 )
 

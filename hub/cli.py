@@ -254,5 +254,90 @@ def import_profiles_command(file: str, batch_size: int) -> None:
             click.echo(f"  ... and {total - len(problems)} more {label} rows")
 
 
+@main.group()
+def consent() -> None:
+    """The consent ledger."""
+
+
+@consent.command("verify")
+@friendly_errors
+def consent_verify() -> None:
+    """Prove the consent_state projection equals a rebuild from the ledger (exit 1 on any mismatch)."""
+    from hub.consent.services import verify_projection
+
+    with session_scope_for(settings()) as session:
+        mismatches = verify_projection(session)
+    if not mismatches:
+        click.echo("projection matches the ledger")
+        return
+    for mismatch in mismatches[:50]:
+        click.echo(f"  mismatch: {mismatch}", err=True)
+    if len(mismatches) > 50:
+        click.echo(f"  ... and {len(mismatches) - 50} more", err=True)
+    click.echo(f"{len(mismatches)} projection row(s) differ from the ledger", err=True)
+    sys.exit(1)
+
+
+@main.group()
+def cmp() -> None:
+    """CMP webhook sources."""
+
+
+@cmp.command("add")
+@click.argument("name")
+@click.option("--adapter", type=click.Choice(["generic", "didomi", "usercentrics", "ketch"]), default="generic")
+@click.option("--auth", "authenticator", type=click.Choice(["hmac", "bearer", "basic"]), default="hmac")
+@click.option("--basic-username", default=None, help="User name for --auth basic.")
+@click.option("--map", "purpose_map", multiple=True, metavar="CMP_ID=PURPOSE", help="Purpose map entry (repeatable).")
+@click.option("--allow-ip", multiple=True, metavar="ADDRESS_OR_CIDR", help="IP allow-list entry (repeatable).")
+@friendly_errors
+def cmp_add(
+    name: str,
+    adapter: str,
+    authenticator: str,
+    basic_username: str | None,
+    purpose_map: tuple[str, ...],
+    allow_ip: tuple[str, ...],
+) -> None:
+    """Add a CMP source and print its generated secret once (HMAC key, bearer token or Basic password)."""
+    from hub.cmp.sources import SourceError, create_source, generate_secret
+    from hub.db import utcnow
+    from hub.encryption import FieldEncryptor
+
+    cfg = settings()
+    source_settings: dict[str, object] = {}
+    if purpose_map:
+        pairs = [entry.partition("=") for entry in purpose_map]
+        if any(not sep or not key or not value for key, sep, value in pairs):
+            raise click.ClickException("--map takes CMP_ID=PURPOSE, e.g. --map c:facebook=ad_user_data")
+        source_settings["purpose_map"] = {key: value for key, _, value in pairs}
+    if allow_ip:
+        source_settings["ip_allow_list"] = list(allow_ip)
+    if basic_username:
+        source_settings["basic_username"] = basic_username
+    secret = generate_secret()
+    with session_scope_for(cfg) as session:
+        try:
+            source = create_source(
+                session,
+                FieldEncryptor(cfg.encryption_keys),
+                name=name,
+                adapter=adapter,
+                authenticator=authenticator,
+                secret=secret,
+                settings=source_settings,
+                now=utcnow(),
+            )
+        except SourceError as exc:
+            details = "; ".join(f"{path}: {problem}" for path, problem in exc.fields.items())
+            raise click.ClickException(f"{exc.message} {details}") from None
+    click.echo(secret)
+    click.echo(
+        f"Store it now: hub shows it only once. Source {source.name!r} ({adapter}, {authenticator}) receives "
+        f"webhooks at POST {source.webhook_path}.",
+        err=True,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

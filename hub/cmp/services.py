@@ -1,0 +1,474 @@
+"""CMP webhook deliveries: authenticate, keep the raw delivery, then turn it into consent records.
+
+The webhook edge (``hub.cmp.views``) calls these in three units of work so that nothing a CMP sent is lost
+(CONTRACT.md "CMP webhooks"; reference/consent.md §1.3 "inbox first"):
+
+1. ``load_source`` + ``authenticate`` — an unauthenticated request stores nothing;
+2. ``store_delivery`` — the raw body (encrypted: it carries identifiers) committed on its own;
+3. ``process_delivery`` — adapter → identity resolution → ``record_consent``, committed with the inbox row's
+   new status; when it fails, the edge rolls it back and ``mark_failed`` records the error on the inbox row.
+
+Repeats are no-ops: a body already processed for the source (same SHA-256), or a CMP event id already processed,
+marks the new inbox row ``duplicate``; below that, ``record_consent`` is idempotent per
+``(source, source_event_id, purpose)`` so a race between two identical deliveries records once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.cmp.adapters import ConsentSubmission, PayloadError, parse_payload
+from hub.cmp.auth import AuthError, check_ip_allowed, verify_basic, verify_bearer, verify_hmac_signature
+from hub.cmp.models import CmpInboxItem, CmpSource
+from hub.config import Settings
+from hub.consent.services import ConsentInputError, SubjectErased, record_consent
+from hub.encryption import FieldEncryptor
+from hub.profiles.identifiers import identifier_candidates
+from hub.profiles.models import Profile, SuppressedIdentifier
+from hub.profiles.normalize import sha256_hex
+from hub.profiles.services import attach_identity, find_profile_by_identity, prepare_identity, resolve_prepared
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DeliveryOutcome",
+    "DeliveryRejected",
+    "SourceConfig",
+    "WebhookAuthError",
+    "authenticate",
+    "client_address",
+    "cmp_identity",
+    "inbox_body",
+    "load_source",
+    "mark_failed",
+    "process_delivery",
+    "store_delivery",
+]
+
+# Request headers worth keeping as evidence. Authorization and cookies are credentials: never stored.
+KEPT_HEADERS = ("Content-Type", "User-Agent", "X-Hub-Signature", "X-Request-Id", "X-Forwarded-For")
+# The CMP identity that is *the* user key of an adapter; other identities carry their key in the hashed value.
+_PRIMARY_IDENTITY = {"didomi": "didomi_user_id", "usercentrics": "usercentrics_controller_id"}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What the webhook needs of a source, read once per request (the secret decrypted)."""
+
+    id: int
+    name: str
+    adapter: str
+    authenticator: str
+    secret: str | None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def record_source(self) -> str:
+        """``consent_records.source`` for this source's decisions."""
+        return f"cmp:{self.name}"
+
+
+class WebhookAuthError(Exception):
+    """401 (credentials) or 403 (address not allowed). ``reason`` is for logs, never for the answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class DeliveryRejected(Exception):
+    """The delivery cannot be processed as sent (bad JSON, a payload field, an identity problem)."""
+
+    def __init__(self, status: int, code: str, message: str, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = dict(fields or {})
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    status: str  # "processed" | "duplicate"
+    records: int = 0
+    profile_id: str | None = None
+    record_ids: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "records": self.records,
+            "profile_id": self.profile_id,
+            "record_ids": list(self.record_ids),
+            "notes": list(self.notes),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Source and authentication
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_source(session: Session, encryptor: FieldEncryptor, name: str) -> SourceConfig | None:
+    """The enabled source called ``name``, or None (unknown and disabled sources look the same: 404)."""
+    source = session.scalar(select(CmpSource).where(CmpSource.name == name))
+    if source is None or not source.enabled:
+        return None
+    return SourceConfig(
+        id=source.id,
+        name=source.name,
+        adapter=source.adapter,
+        authenticator=source.authenticator,
+        secret=encryptor.decrypt_optional(source.secret_encrypted),
+        settings=dict(source.settings or {}),
+    )
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None, hops: int) -> str | None:
+    """The sender's address: the connection's, unless ``hops`` trusted proxies append to ``X-Forwarded-For``,
+    in which case the address the outermost trusted proxy saw (the ``hops``-th from the right)."""
+    if hops <= 0 or not forwarded_for:
+        return remote_addr
+    chain = [part.strip() for part in forwarded_for.split(",") if part.strip()]
+    if len(chain) < hops:
+        return None  # fewer entries than proxies: the header was not written by them
+    return chain[-hops]
+
+
+def authenticate(
+    source: SourceConfig,
+    *,
+    headers: Mapping[str, str],
+    body: bytes,
+    remote_addr: str | None,
+    now: datetime,
+) -> None:
+    """Raise ``WebhookAuthError`` unless the request comes from an allowed address (403) with valid credentials
+    for the source's authenticator (401). The address is checked first, so a sender outside the allow-list
+    learns nothing about the credentials."""
+    hops = source.settings.get("forwarded_hops") or 0
+    address = client_address(remote_addr, headers.get("X-Forwarded-For"), int(hops))
+    try:
+        check_ip_allowed(address, list(source.settings.get("ip_allow_list") or ()))
+    except AuthError as error:
+        raise WebhookAuthError(403, error.reason) from None
+    try:
+        if source.authenticator == "hmac":
+            verify_hmac_signature((source.secret or "").encode(), headers.get("X-Hub-Signature"), body, now)
+        elif source.authenticator == "bearer":
+            verify_bearer(source.secret or "", headers.get("Authorization"))
+        elif source.authenticator == "basic":
+            username = str(source.settings.get("basic_username") or "")
+            verify_basic(username, source.secret or "", headers.get("Authorization"))
+        else:
+            raise AuthError(f"unknown authenticator {source.authenticator!r}")
+    except AuthError as error:
+        raise WebhookAuthError(401, error.reason) from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. The inbox
+# ----------------------------------------------------------------------------------------------------------
+
+
+def store_delivery(
+    session: Session,
+    encryptor: FieldEncryptor,
+    source: SourceConfig,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    remote_addr: str | None,
+    now: datetime,
+) -> CmpInboxItem:
+    """Keep the raw delivery (status ``received``). The body is encrypted at rest because CMP payloads carry
+    raw identifiers (DESIGN §3); ``body_sha256`` is of the raw bytes."""
+    kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
+    if remote_addr:
+        kept["remote_addr"] = remote_addr
+    item = CmpInboxItem(
+        source_id=source.id,
+        received_at=now,
+        body=_encrypt(encryptor, body),
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        headers=kept,
+        status="received",
+    )
+    session.add(item)
+    session.flush()
+    return item
+
+
+def _encrypt(encryptor: FieldEncryptor, body: bytes) -> bytes:
+    # Fernet tokens are ASCII; latin-1 maps every byte to one character, so any body survives the round trip.
+    return encryptor.encrypt(body.decode("latin-1")).encode("ascii")
+
+
+def inbox_body(encryptor: FieldEncryptor, item: CmpInboxItem) -> bytes:
+    """The raw body of a stored delivery (raises DecryptionError when no configured key opens it)."""
+    return encryptor.decrypt(item.body.decode("ascii")).encode("latin-1")
+
+
+def mark_failed(session: Session, inbox_id: int, error: str, now: datetime) -> None:
+    item = session.get(CmpInboxItem, inbox_id)
+    if item is not None:
+        item.status = "failed"
+        item.error = error[:2000]
+        item.processed_at = now
+        session.flush()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Processing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cmp_identity(adapter: str, key: str, value: str) -> tuple[str, str]:
+    """The identity (kind, normalized value) under which a CMP user key is linked to a profile.
+
+    Kind ``cmp:<adapter>``; the value is the CMP's id for the adapter's own user key (Didomi ``user.id``,
+    Usercentrics ``controller_id``), else ``<space>:<value>`` (Ketch identity spaces). Event ingestion can link
+    a logged-in customer to a CMP id with the same function (hash the value with ``sha256_hex``).
+    """
+    if key == _PRIMARY_IDENTITY.get(adapter):
+        return f"cmp:{adapter}", value
+    return f"cmp:{adapter}", f"{key.removeprefix(adapter + '_')}:{value}"
+
+
+def _duplicate_of(session: Session, item: CmpInboxItem, **match: Any) -> int | None:
+    conditions = [getattr(CmpInboxItem, name) == value for name, value in match.items()]
+    return session.scalar(
+        select(CmpInboxItem.id)
+        .where(
+            CmpInboxItem.source_id == item.source_id,
+            CmpInboxItem.id != item.id,
+            CmpInboxItem.status.in_(("processed", "duplicate")),
+            *conditions,
+        )
+        .order_by(CmpInboxItem.id)
+        .limit(1)
+    )
+
+
+def _mark(item: CmpInboxItem, status: str, now: datetime, note: str | None = None) -> None:
+    item.status = status
+    item.processed_at = now
+    item.error = note
+
+
+def process_delivery(
+    session: Session,
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    source: SourceConfig,
+    inbox_id: int,
+    body: bytes,
+    *,
+    now: datetime,
+) -> DeliveryOutcome:
+    """Turn a stored delivery into consent records and mark the inbox row ``processed`` or ``duplicate``.
+
+    Raises ``DeliveryRejected`` (nothing recorded; the caller rolls back and calls ``mark_failed``).
+    """
+    item = session.get(CmpInboxItem, inbox_id)
+    if item is None:
+        raise LookupError(f"no inbox item {inbox_id}")
+    earlier = _duplicate_of(session, item, body_sha256=item.body_sha256)
+    if earlier is not None:
+        _mark(item, "duplicate", now, f"same body as inbox item {earlier}")
+        return DeliveryOutcome("duplicate", notes=(f"same body as delivery {earlier}",))
+    try:
+        payload = json.loads(body.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise DeliveryRejected(400, "invalid_json", "The body is not UTF-8 text.") from None
+    except (ValueError, RecursionError) as error:
+        detail = f" (line {error.lineno}, column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise DeliveryRejected(400, "invalid_json", f"The body is not valid JSON{detail}.") from None
+    try:
+        submissions = parse_payload(
+            source.adapter,
+            payload,
+            purpose_map=source.settings.get("purpose_map") or {},
+            body_sha256=item.body_sha256,
+            tcf_purpose_map=source.settings.get("tcf_purpose_map") or None,
+        )
+    except PayloadError as error:
+        raise DeliveryRejected(
+            400, "invalid_payload", f"{error.field or 'body'}: {error.message}", {error.field or "body": error.message}
+        ) from None
+    if submissions:
+        item.event_key = submissions[0].source_event_id[:255]
+        earlier = _duplicate_of(session, item, event_key=item.event_key)
+        if earlier is not None:
+            _mark(item, "duplicate", now, f"same CMP event id as inbox item {earlier}")
+            return DeliveryOutcome("duplicate", notes=(f"same event id as delivery {earlier}",))
+
+    notes: list[str] = []
+    record_ids: list[int] = []
+    profile_id: str | None = None
+    for submission in _one_status_per_purpose(submissions):
+        notes.extend(f"ignored {label}" for label in submission.ignored)
+        resolved = _resolve_subject(session, encryptor, settings, source, submission, notes, now)
+        if resolved is None:
+            continue
+        profile_id = resolved
+        if not submission.purposes:
+            notes.append("no hub purpose was decided (map the CMP's ids in the source's purpose_map)")
+            continue
+        try:
+            records = record_consent(
+                session,
+                resolved,
+                purposes=submission.purposes,
+                collected_at=submission.collected_at,
+                source=source.record_source,
+                source_event_id=submission.source_event_id[:255],
+                legal_basis=_short(submission.legal_basis),
+                regulation=_short(submission.regulation),
+                region=submission.region,
+                notice_version=submission.notice_version[:120] if submission.notice_version else None,
+                expires_at=submission.expires_at,
+                proof={
+                    "inbox_id": item.id,
+                    "body_sha256": item.body_sha256,
+                    "tc_string": submission.tc_string,
+                    "gpp_string": submission.gpp_string,
+                    "usp_string": submission.usp_string,
+                    "gpc": submission.gpc,
+                },
+                now=now,
+            )
+        except ConsentInputError as error:
+            raise DeliveryRejected(400, "invalid_payload", error.message, error.fields) from None
+        except SubjectErased:
+            notes.append("the subject was erased; nothing recorded")
+            continue
+        record_ids.extend(r.id for r in records)
+    _mark(item, "processed", now, "; ".join(notes)[:2000] or None)
+    return DeliveryOutcome(
+        "processed", records=len(record_ids), profile_id=profile_id, record_ids=tuple(record_ids), notes=tuple(notes)
+    )
+
+
+def _short(value: str | None) -> str | None:
+    return value[:40] if value else None
+
+
+def _one_status_per_purpose(submissions: Sequence[ConsentSubmission]) -> list[ConsentSubmission]:
+    """Ketch splits one request by legal basis; when two bases decide the same hub purpose, keep one decision
+    (a denial wins), because ``record_consent`` keys on (event id, purpose) and would keep only the first."""
+    chosen: dict[tuple[str, str], tuple[int, str]] = {}
+    for index, submission in enumerate(submissions):
+        for purpose, status in submission.purposes.items():
+            key = (submission.source_event_id, purpose)
+            previous = chosen.get(key)
+            if previous is None or (status == "denied" and previous[1] != "denied"):
+                chosen[key] = (index, status)
+    result = []
+    for index, submission in enumerate(submissions):
+        purposes = {
+            purpose: status
+            for (event_id, purpose), (owner, status) in chosen.items()
+            if owner == index and event_id == submission.source_event_id
+        }
+        result.append(replace(submission, purposes=purposes))
+    return result
+
+
+def _resolve_subject(
+    session: Session,
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    source: SourceConfig,
+    submission: ConsentSubmission,
+    notes: list[str],
+    now: datetime,
+) -> str | None:
+    """The profile a submission is about (created when new), with its CMP identities attached; None when the
+    person was erased. Raises ``DeliveryRejected`` when nobody can be identified."""
+    identities = [
+        (kind, sha256_hex(value), value)
+        for kind, value in (cmp_identity(source.adapter, k, v) for k, v in sorted(submission.cmp_identities.items()))
+    ]
+    if identities and session.scalar(
+        select(SuppressedIdentifier.id)
+        .where(SuppressedIdentifier.kind.in_({k for k, _, _ in identities}))
+        .where(SuppressedIdentifier.value_hash.in_({h for _, h, _ in identities}))
+        .limit(1)
+    ):
+        notes.append("the subject was erased; nothing recorded")
+        return None
+
+    profile_id: str | None = None
+    if submission.subject:
+        prepared = prepare_identity(dict(submission.subject), region=submission.region, settings=settings)
+        if prepared.errors:
+            fields = {f"subject.{k.removeprefix('user.')}": v for k, v in prepared.errors.items()}
+            raise DeliveryRejected(400, "invalid_payload", "The subject has unusable fields.", fields)
+        if identifier_candidates(prepared.normalized):
+            resolution = resolve_prepared(
+                session, encryptor, prepared, source=source.record_source, settings=settings, now=now
+            )
+            if resolution.suppressed:
+                notes.append("the subject was erased; nothing recorded")
+                return None
+            if resolution.conflict is not None and resolution.profile_id is None:
+                raise DeliveryRejected(409, "identity_conflict", resolution.conflict, {"subject": resolution.conflict})
+            profile_id = resolution.profile_id
+            notes.extend(resolution.notes)
+
+    if profile_id is None:
+        for kind, value_hash, _ in identities:
+            profile_id = find_profile_by_identity(session, kind, value_hash)
+            if profile_id is not None:
+                break
+    if profile_id is None and identities:
+        profile_id = _new_profile_for(session, encryptor, identities[0], submission.region, now)
+    if profile_id is None:
+        raise DeliveryRejected(
+            400,
+            "no_identifier",
+            "The subject has no identifier hub can resolve to a person (email, phone, external_id or a CMP user id).",
+            {"subject": "no usable identifier"},
+        )
+    for kind, value_hash, value in identities:
+        attachment = attach_identity(session, encryptor, profile_id, kind, value_hash, value, now=now)
+        if attachment.status == "held_by_other":
+            notes.append(f"{kind} id already belongs to another profile; left there")
+        elif attachment.status == "over_limit":
+            notes.append(f"{kind}: the profile holds the maximum number of these ids; not attached")
+    return profile_id
+
+
+def _new_profile_for(
+    session: Session,
+    encryptor: FieldEncryptor,
+    identity: tuple[str, str, str],
+    region: str | None,
+    now: datetime,
+) -> str:
+    """A profile for a subject known only by a CMP id (Usercentrics sends nothing else). If a concurrent delivery
+    linked the same id first, that profile is used and the new one is not kept."""
+    kind, value_hash, value = identity
+    with session.begin_nested() as savepoint:
+        profile = Profile(region=region, created_at=now, updated_at=now)
+        session.add(profile)
+        session.flush()
+        attachment = attach_identity(session, encryptor, profile.id, kind, value_hash, value, now=now)
+        if attachment.status == "attached":
+            return profile.id
+        savepoint.rollback()
+    if attachment.other_profile_id is not None:
+        return attachment.other_profile_id
+    raise DeliveryRejected(409, "identity_unavailable", f"The {kind} id cannot be linked ({attachment.status}).")

@@ -1,0 +1,554 @@
+"""Consent services: the purpose catalogue, recording decisions, the ``consent_state`` projection, reads.
+
+Services take the session and only ``flush()``; the caller owns the commit (DESIGN §2).
+
+Decisions documented here because the API, the CMP webhooks and the scheduler rely on them:
+
+* The ledger (``consent_records``) is append-only. ``record_consent`` inserts one row per purpose and is
+  idempotent on ``(source, source_event_id, purpose)`` within the person's cluster: a repeat inserts nothing,
+  even after the person's profiles were merged. Nothing here updates or deletes a ledger row.
+* New decisions are written to the cluster root (the profile that identity resolution answers with).
+* The projection ``consent_state`` holds, per profile and purpose, the *latest* fact of that profile's own ledger
+  in force order (``ConsentLedger.latest_by_purpose``: by ``collected_at``, ties to the more restrictive).
+  It deliberately does not drop expired facts: readers apply expiry at read time (consent.md §7.1 rule 2), so
+  the projection is a pure function of the ledger and ``verify_projection`` can compare it exactly, whenever it
+  runs. A latest fact collected in the future (a CMP clock ahead of ours) is stored too; it is not in force
+  until its time, which readers of the projection must check (``current_consent`` reads the ledger instead).
+* ``current_consent`` and ``load_ledger`` read a person's whole cluster and combine the members' ledgers so the
+  most restrictive recent decision wins (``policy.combine_on_merge``).
+* ``proof`` is evidence kept after erasure, so it may only hold hashes, the inbox id and consent signal
+  strings (TC / GPP / US Privacy) and the GPC flag — never a raw identifier.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hub.consent.ledger import load_ledger
+from hub.consent.models import ConsentRecord, ConsentState, Purpose
+from hub.consent.policy import STATUSES, ConsentFact, ConsentLedger
+from hub.profiles.models import Profile
+from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
+
+__all__ = [
+    "LEGAL_BASES",
+    "PROOF_KEYS",
+    "PURPOSE_KINDS",
+    "ConsentInputError",
+    "ProjectionMismatch",
+    "PurposeError",
+    "SubjectErased",
+    "add_purpose",
+    "consent_at",
+    "current_consent",
+    "list_purposes",
+    "purpose_names",
+    "rebuild_consent_state",
+    "record_consent",
+    "records_for_event",
+    "remove_purpose",
+    "verify_projection",
+    "withdrawn_since",
+]
+
+PURPOSE_KINDS = ("consent", "opt_out_right")
+# consent.md §7.1 vocabulary. CMP adapters may pass other codes through (Ketch "disclosure"); the API is strict.
+LEGAL_BASES = ("consent", "legitimate_interest", "opt_out_right", "contract", "legal_obligation")
+# What ``proof`` may hold. Erasure keeps consent records as evidence, so a raw email or phone here would
+# survive an erasure request (CONTRACT: "consent evidence kept pseudonymised").
+PROOF_KEYS = frozenset(
+    {
+        "inbox_id",
+        "body_sha256",
+        "request_sha256",
+        "api_key_id",
+        "tc_string",
+        "gpp_string",
+        "usp_string",
+        "gpc",
+    }
+)
+# Lower-case words with underscores, optionally one ``:qualifier`` (``sensitive:health``, consent.md §7.1).
+_PURPOSE_NAME = re.compile(r"[a-z][a-z0-9_]{1,47}(:[a-z0-9_]{1,15})?")
+_MAX_SOURCE = 120
+_MAX_EVENT_ID = 255
+_MAX_SHORT = 40
+_MAX_REGION = 8
+_MAX_NOTICE = 120
+_ATTEMPTS = 3
+
+
+class ConsentInputError(ValueError):
+    """Input that cannot be recorded; ``fields`` maps a field path to the problem."""
+
+    def __init__(self, message: str, fields: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = dict(fields)
+
+
+class PurposeError(ConsentInputError):
+    """A purpose cannot be added or removed."""
+
+
+class SubjectErased(Exception):
+    """The person was erased; consent for them is not recorded (it would re-create what was erased)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Purpose catalogue
+# ----------------------------------------------------------------------------------------------------------
+
+
+def list_purposes(session: Session) -> list[Purpose]:
+    """Built-in purposes first (in catalogue order of creation), then custom ones by name."""
+    return list(session.scalars(select(Purpose).order_by(Purpose.builtin.desc(), Purpose.created_at, Purpose.name)))
+
+
+def purpose_names(session: Session) -> frozenset[str]:
+    return frozenset(session.scalars(select(Purpose.name)))
+
+
+def add_purpose(session: Session, name: str, *, kind: str = "consent", description: str = "", now: datetime) -> Purpose:
+    """Add a custom purpose. Raises ``PurposeError`` naming the field at fault."""
+    fields: dict[str, str] = {}
+    clean = (name or "").strip()
+    if not _PURPOSE_NAME.fullmatch(clean):
+        fields["name"] = (
+            "must be 2-48 lower-case letters, digits or underscores starting with a letter, optionally followed "
+            "by ':qualifier' (e.g. 'email_marketing', 'sensitive:health')"
+        )
+    elif session.get(Purpose, clean) is not None:
+        fields["name"] = f"the purpose {clean!r} already exists"
+    if kind not in PURPOSE_KINDS:
+        fields["kind"] = f"must be one of {', '.join(PURPOSE_KINDS)}"
+    if len(description) > 500:
+        fields["description"] = "must be at most 500 characters"
+    if fields:
+        raise PurposeError("The purpose cannot be added.", fields)
+    purpose = Purpose(name=clean, kind=kind, description=description.strip(), builtin=False, created_at=now)
+    session.add(purpose)
+    session.flush()
+    return purpose
+
+
+def remove_purpose(session: Session, name: str) -> None:
+    """Remove a custom purpose that no consent record uses. Built-in purposes cannot be removed."""
+    purpose = session.get(Purpose, name)
+    if purpose is None:
+        raise PurposeError(f"There is no purpose {name!r}.", {"name": "unknown purpose"})
+    if purpose.builtin:
+        raise PurposeError(
+            f"{name!r} is a built-in purpose; forwarding rules rely on it.", {"name": "built-in purposes stay"}
+        )
+    used = session.scalar(select(func.count()).select_from(ConsentRecord).where(ConsentRecord.purpose == name))
+    if used:
+        raise PurposeError(
+            f"{name!r} has {used} consent record(s); the ledger is evidence and keeps them.",
+            {"name": "in use by consent records"},
+        )
+    session.delete(purpose)
+    session.flush()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recording
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _aware(value: datetime | None) -> bool:
+    return value is None or (value.tzinfo is not None and value.utcoffset() is not None)
+
+
+def _check_text(fields: dict[str, str], name: str, value: str | None, limit: int, *, required: bool = False) -> None:
+    if value is None:
+        if required:
+            fields[name] = "is required"
+        return
+    if not isinstance(value, str) or not value.strip():
+        fields[name] = "must be a non-empty string"
+    elif len(value) > limit:
+        fields[name] = f"must be at most {limit} characters"
+
+
+def _check_proof(fields: dict[str, str], proof: Mapping[str, Any]) -> None:
+    for key, value in proof.items():
+        if key not in PROOF_KEYS:
+            fields[f"proof.{key}"] = (
+                f"not allowed; proof keeps only {', '.join(sorted(PROOF_KEYS))} (never raw identifiers)"
+            )
+        elif value is not None and not isinstance(value, str | int | bool):
+            fields[f"proof.{key}"] = "must be a string, number, boolean or null"
+
+
+def _validate(
+    session: Session,
+    purposes: Mapping[str, str],
+    *,
+    collected_at: datetime,
+    source: str,
+    source_event_id: str,
+    legal_basis: str | None,
+    regulation: str | None,
+    region: str | None,
+    notice_version: str | None,
+    expires_at: datetime | None,
+    proof: Mapping[str, Any],
+    now: datetime,
+) -> None:
+    if not _aware(now):
+        raise ValueError("now must be timezone-aware (UTC)")
+    fields: dict[str, str] = {}
+    if not purposes:
+        fields["purposes"] = "name at least one purpose"
+    known = purpose_names(session) if purposes else frozenset()
+    for purpose, status in purposes.items():
+        if purpose not in known:
+            fields[f"purposes.{purpose}"] = "unknown purpose (see the purpose catalogue)"
+        elif status not in STATUSES:
+            fields[f"purposes.{purpose}"] = f"status must be one of {', '.join(STATUSES)}"
+    if not isinstance(collected_at, datetime) or not _aware(collected_at):
+        fields["collected_at"] = "must be a timezone-aware time"
+    if expires_at is not None:
+        if not isinstance(expires_at, datetime) or not _aware(expires_at):
+            fields["expires_at"] = "must be a timezone-aware time"
+        elif "collected_at" not in fields and expires_at <= collected_at:
+            fields["expires_at"] = "must be after collected_at"
+    _check_text(fields, "source", source, _MAX_SOURCE, required=True)
+    _check_text(fields, "source_event_id", source_event_id, _MAX_EVENT_ID, required=True)
+    _check_text(fields, "legal_basis", legal_basis, _MAX_SHORT)
+    _check_text(fields, "regulation", regulation, _MAX_SHORT)
+    _check_text(fields, "region", region, _MAX_REGION)
+    _check_text(fields, "notice_version", notice_version, _MAX_NOTICE)
+    _check_proof(fields, proof)
+    if fields:
+        raise ConsentInputError("The consent decision cannot be recorded.", fields)
+
+
+def _lock_root(session: Session, profile_id: str) -> str:
+    """The cluster root, locked: consent writes for one person take turns so the projection stays exact
+    (PostgreSQL; SQLite serializes writers anyway). Raises ProfileNotFound / SubjectErased."""
+    root = canonical_profile_id(session, profile_id)
+    profile = session.scalars(select(Profile).where(Profile.id == root).with_for_update()).one_or_none()
+    if profile is None:
+        raise ProfileNotFound(profile_id)
+    if profile.merged_into_id is not None:
+        # Merged between the two reads: follow it once more.
+        return _lock_root(session, profile.merged_into_id)
+    if profile.erased_at is not None:
+        raise SubjectErased(root)
+    return root
+
+
+def record_consent(
+    session: Session,
+    profile_id: str,
+    *,
+    purposes: Mapping[str, str],
+    collected_at: datetime,
+    source: str,
+    source_event_id: str,
+    legal_basis: str | None = None,
+    regulation: str | None = None,
+    region: str | None = None,
+    notice_version: str | None = None,
+    expires_at: datetime | None = None,
+    proof: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> list[ConsentRecord]:
+    """Append one ledger row per purpose for the person ``profile_id`` belongs to and refresh the projection.
+
+    Returns the rows inserted now; a purpose already recorded for ``(source, source_event_id)`` in the person's
+    cluster is skipped, so a repeated delivery returns ``[]``. Raises ``ConsentInputError`` (fields at fault),
+    ``ProfileNotFound`` or ``SubjectErased`` (nothing written in either case).
+    """
+    proof = dict(proof or {})
+    _validate(
+        session,
+        purposes,
+        collected_at=collected_at,
+        source=source,
+        source_event_id=source_event_id,
+        legal_basis=legal_basis,
+        regulation=regulation,
+        region=region,
+        notice_version=notice_version,
+        expires_at=expires_at,
+        proof=proof,
+        now=now,
+    )
+    root = _lock_root(session, profile_id)
+    members = cluster_ids(session, root)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with session.begin_nested():
+                seen = set(
+                    session.scalars(
+                        select(ConsentRecord.purpose).where(
+                            ConsentRecord.source == source,
+                            ConsentRecord.source_event_id == source_event_id,
+                            ConsentRecord.profile_id.in_(members),
+                        )
+                    )
+                )
+                records = [
+                    ConsentRecord(
+                        profile_id=root,
+                        purpose=purpose,
+                        status=status,
+                        collected_at=collected_at,
+                        received_at=now,
+                        source=source,
+                        source_event_id=source_event_id,
+                        legal_basis=legal_basis,
+                        regulation=regulation,
+                        region=region,
+                        notice_version=notice_version,
+                        expires_at=expires_at,
+                        proof=proof,
+                    )
+                    for purpose, status in sorted(purposes.items())
+                    if purpose not in seen
+                ]
+                if not records:
+                    return []
+                session.add_all(records)
+                session.flush()
+                _refresh_projection(session, root, {r.purpose for r in records}, now)
+                return records
+        except IntegrityError:
+            # A concurrent delivery of the same event won the unique constraint; look again.
+            if attempt == _ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def records_for_event(session: Session, profile_id: str, source: str, source_event_id: str) -> list[ConsentRecord]:
+    """The rows recorded for ``(source, source_event_id)`` in the person's cluster (to answer a repeat)."""
+    members = cluster_ids(session, canonical_profile_id(session, profile_id))
+    return list(
+        session.scalars(
+            select(ConsentRecord)
+            .where(
+                ConsentRecord.source == source,
+                ConsentRecord.source_event_id == source_event_id,
+                ConsentRecord.profile_id.in_(members),
+            )
+            .order_by(ConsentRecord.id)
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Projection
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _facts(session: Session, profile_id: str, purposes: set[str] | None = None) -> list[ConsentFact]:
+    query = select(
+        ConsentRecord.id,
+        ConsentRecord.purpose,
+        ConsentRecord.status,
+        ConsentRecord.collected_at,
+        ConsentRecord.expires_at,
+        ConsentRecord.source,
+    ).where(ConsentRecord.profile_id == profile_id)
+    if purposes is not None:
+        query = query.where(ConsentRecord.purpose.in_(sorted(purposes)))
+    return [
+        ConsentFact(
+            id=r.id,
+            purpose=r.purpose,
+            status=r.status,
+            collected_at=r.collected_at,
+            expires_at=r.expires_at,
+            source=r.source,
+        )
+        for r in session.execute(query)
+    ]
+
+
+def _refresh_projection(session: Session, profile_id: str, purposes: set[str], now: datetime) -> None:
+    latest = ConsentLedger(_facts(session, profile_id, purposes)).latest_by_purpose()
+    existing = {
+        row.purpose: row
+        for row in session.scalars(
+            select(ConsentState).where(
+                ConsentState.profile_id == profile_id, ConsentState.purpose.in_(sorted(purposes))
+            )
+        )
+    }
+    for purpose, fact in latest.items():
+        row = existing.get(purpose)
+        if row is None:
+            session.add(_state_row(profile_id, fact, now))
+        elif row.record_id != fact.id:
+            row.status = fact.status
+            row.collected_at = fact.collected_at
+            row.expires_at = fact.expires_at
+            row.record_id = int(fact.id)
+            row.updated_at = now
+    session.flush()
+
+
+def _state_row(profile_id: str, fact: ConsentFact, now: datetime) -> ConsentState:
+    return ConsentState(
+        profile_id=profile_id,
+        purpose=fact.purpose,
+        status=fact.status,
+        collected_at=fact.collected_at,
+        expires_at=fact.expires_at,
+        record_id=int(fact.id),
+        updated_at=now,
+    )
+
+
+def _expected_projection(session: Session, profile_id: str | None) -> dict[tuple[str, str], ConsentFact]:
+    """The projection a rebuild would produce, streamed profile by profile."""
+    query = select(
+        ConsentRecord.id,
+        ConsentRecord.profile_id,
+        ConsentRecord.purpose,
+        ConsentRecord.status,
+        ConsentRecord.collected_at,
+        ConsentRecord.expires_at,
+        ConsentRecord.source,
+    ).order_by(ConsentRecord.profile_id)
+    if profile_id is not None:
+        query = query.where(ConsentRecord.profile_id == profile_id)
+    expected: dict[tuple[str, str], ConsentFact] = {}
+    current: str | None = None
+    batch: list[ConsentFact] = []
+
+    def flush(owner: str | None) -> None:
+        if owner is not None:
+            for purpose, fact in ConsentLedger(batch).latest_by_purpose().items():
+                expected[(owner, purpose)] = fact
+
+    for row in session.execute(query.execution_options(yield_per=5000)):
+        if row.profile_id != current:
+            flush(current)
+            current, batch = row.profile_id, []
+        batch.append(
+            ConsentFact(
+                id=row.id,
+                purpose=row.purpose,
+                status=row.status,
+                collected_at=row.collected_at,
+                expires_at=row.expires_at,
+                source=row.source,
+            )
+        )
+    flush(current)
+    return expected
+
+
+def rebuild_consent_state(session: Session, profile_id: str | None = None, *, now: datetime) -> int:
+    """Recompute ``consent_state`` from the ledger (one profile, or all). Returns the number of rows written."""
+    expected = _expected_projection(session, profile_id)
+    statement = delete(ConsentState)
+    if profile_id is not None:
+        statement = statement.where(ConsentState.profile_id == profile_id)
+    session.execute(statement, execution_options={"synchronize_session": False})
+    session.expire_all()
+    session.add_all(_state_row(owner, fact, now) for (owner, _purpose), fact in sorted(expected.items()))
+    session.flush()
+    return len(expected)
+
+
+@dataclass(frozen=True)
+class ProjectionMismatch:
+    """One (profile, purpose) where ``consent_state`` differs from a rebuild; ``expected``/``actual`` are
+    ``"<status> record <id>"`` or None when the row is (or should be) absent."""
+
+    profile_id: str
+    purpose: str
+    expected: str | None
+    actual: str | None
+
+    def __str__(self) -> str:
+        return f"{self.profile_id} {self.purpose}: projection has {self.actual}, the ledger says {self.expected}"
+
+
+def _describe(status: str, record_id: object, collected_at: datetime, expires_at: datetime | None) -> str:
+    until = f" until {expires_at.isoformat()}" if expires_at else ""
+    return f"{status} record {record_id} collected {collected_at.isoformat()}{until}"
+
+
+def verify_projection(session: Session) -> list[ProjectionMismatch]:
+    """Compare ``consent_state`` with a rebuild from the ledger; [] when they are equal."""
+    expected = {
+        key: _describe(f.status, f.id, f.collected_at, f.expires_at)
+        for key, f in _expected_projection(session, None).items()
+    }
+    actual = {
+        (row.profile_id, row.purpose): _describe(row.status, row.record_id, row.collected_at, row.expires_at)
+        for row in session.execute(
+            select(
+                ConsentState.profile_id,
+                ConsentState.purpose,
+                ConsentState.status,
+                ConsentState.record_id,
+                ConsentState.collected_at,
+                ConsentState.expires_at,
+            )
+        )
+    }
+    return [
+        ProjectionMismatch(profile_id=key[0], purpose=key[1], expected=expected.get(key), actual=actual.get(key))
+        for key in sorted(expected.keys() | actual.keys())
+        if expected.get(key) != actual.get(key)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reads (a person's whole cluster)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _record_id(fact: ConsentFact) -> int | str:
+    # Merge-derived denials carry "merge:<id of the denial they re-assert>": that denial is the evidence.
+    if isinstance(fact.id, str) and fact.id.startswith("merge:"):
+        tail = fact.id.rsplit(":", 1)[-1]
+        return int(tail) if tail.isdigit() else fact.id
+    return fact.id
+
+
+def current_consent(session: Session, profile_id: str, now: datetime) -> dict[str, dict[str, Any]]:
+    """The decision in force at ``now`` per purpose for the person ``profile_id`` belongs to.
+
+    ``{purpose: {"status", "collected_at", "expires_at", "record_id", "source"}}``; purposes never decided, or
+    whose decision expired, are absent. Across a merged cluster the most restrictive recent decision wins; such a
+    derived denial reports the denial's record and ``source`` ``"merge"``. Raises ProfileNotFound.
+    """
+    state = load_ledger(session, profile_id).state(now)
+    return {
+        purpose: {
+            "status": fact.status,
+            "collected_at": fact.collected_at,
+            "expires_at": fact.expires_at,
+            "record_id": _record_id(fact),
+            "source": fact.source,
+        }
+        for purpose, fact in sorted(state.items())
+    }
+
+
+def consent_at(session: Session, profile_id: str, purpose: str, when: datetime) -> ConsentFact | None:
+    """The decision for ``purpose`` in force at ``when`` (None: never decided, or expired by then)."""
+    return load_ledger(session, profile_id).at(purpose, when)
+
+
+def withdrawn_since(
+    session: Session, profile_id: str, purpose: str, since: datetime, until: datetime
+) -> ConsentFact | None:
+    """The first denial of ``purpose`` collected in ``(since, until]`` (see ``ConsentLedger.withdrawn_since``)."""
+    return load_ledger(session, profile_id).withdrawn_since(purpose, since, until)
