@@ -13,8 +13,11 @@ Conventions used by every ``normalize_*`` function:
 * a value that cannot be normalized raises :class:`IdentifierError` carrying the field and a sentence the
   sender can act on. Messages avoid repeating personal data, because they are stored with the event.
 
-Pure module: no I/O, no clock reads except the documented default of ``normalize_date_of_birth``; the
-only state is ``functools.lru_cache`` over pure lookups (country/state tables, e-mail domain validity).
+Pure module: no I/O; the only clock reads are "today" for the date-of-birth range (the default of
+``normalize_date_of_birth`` and the future-date check in ``normalize_user``). The only state is
+``functools.lru_cache`` over pure functions (lookup tables, e-mail domain validity, and the
+normalize-and-hash step of values that repeat across people: names, cities, states, ZIPs, countries,
+birth dates, genders), which the hot path depends on for speed.
 """
 
 from __future__ import annotations
