@@ -93,8 +93,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
             csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
 
-    from hub.auth import access
+    from hub.auth import access, oidc
 
     access.init_app(app)
+    oidc.init_app(app, settings)
     logging.getLogger("hub").setLevel(logging.INFO)
     return app

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from authlib.integrations.base_client import OAuthError
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
 from hub.auth.links import LoginLinks
+from hub.auth.oidc import SignInRefused, oidc_client, user_for_claims
 from hub.auth.services import local_admin
 from hub.web.database import get_session
 
@@ -40,6 +42,40 @@ def login_link(token: str) -> Response:
     session.clear()
     session["user_id"] = user.id
     return redirect(_safe_next(request.args.get("next")))
+
+
+@bp.get("/login/oidc")
+def login_oidc() -> Response:
+    client = oidc_client(current_app)
+    if client is None:
+        abort(404)
+    session["login_next"] = _safe_next(request.args.get("next"))
+    return client.authorize_redirect(url_for("auth.oidc_callback", _external=True))
+
+
+@bp.get("/login/oidc/callback")
+def oidc_callback() -> Response | tuple[str, int]:
+    client = oidc_client(current_app)
+    if client is None:
+        abort(404)
+    if "error" in request.args:
+        flash(f"Sign-in was cancelled: {request.args.get('error_description') or request.args['error']}.", "error")
+        return redirect(url_for("auth.login"))
+    try:
+        token = client.authorize_access_token()
+    except OAuthError as error:
+        flash(f"Sign-in failed: {error.description or error.error}.", "error")
+        return redirect(url_for("auth.login"))
+    claims = dict(token.get("userinfo") or client.userinfo(token=token))
+    settings = current_app.extensions["hub.settings"]
+    try:
+        user = user_for_claims(get_session(), claims, settings.admin_emails)
+    except SignInRefused as refused:
+        return render_template("auth/login.html", oidc=True, refused=refused.message), 403
+    target = session.get("login_next")
+    session.clear()
+    session["user_id"] = user.id
+    return redirect(_safe_next(target))
 
 
 @bp.post("/logout")
