@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # cookies, so they are exempt from CSRF (STYLE.md).
 BLUEPRINTS: tuple[tuple[str, bool], ...] = (
     ("hub.web.health:bp", True),
+    ("hub.web.openapi:bp", True),
     ("hub.auth.views:bp", False),
     ("hub.web.home:bp", False),
     ("hub.profiles.api:bp", True),
