@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -337,6 +338,72 @@ def cmp_add(
         f"webhooks at POST {source.webhook_path}.",
         err=True,
     )
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration as code: mappings, region rules, destinations (no secrets), CMP sources, purposes."""
+
+
+@config_group.command("export")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, writable=True))
+@click.option("--json", "as_json", is_flag=True, help="Write JSON instead of YAML.")
+@friendly_errors
+def config_export(file: str | None, as_json: bool) -> None:
+    """Write the configuration document to FILE (default: standard output)."""
+    from hub.configuration.document import dump_document
+    from hub.configuration.services import export_config
+
+    with session_scope_for(settings()) as session:
+        text = dump_document(export_config(session), yaml_format=not as_json)
+    if file is None or file == "-":
+        click.echo(text, nl=False)
+    else:
+        with open(file, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"configuration written to {file}", err=True)
+
+
+@config_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--dry-run", is_flag=True, help="Print the changes without applying them.")
+@friendly_errors
+def config_import(file: str, dry_run: bool) -> None:
+    """Bring the configuration to FILE (YAML or JSON; "-" reads standard input), all or nothing."""
+    from hub.configuration.document import DocumentError, parse_document
+    from hub.configuration.services import import_config
+    from hub.encryption import FieldEncryptor
+
+    try:
+        with click.open_file(file, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        # JSON is a subset of YAML, so one parser reads both.
+        document = parse_document(text, yaml_format=True)
+    except DocumentError as exc:
+        raise click.ClickException(exc.message) from None
+    cfg = settings()
+    actor = f"cli:{os.environ.get('USER') or 'unknown'}"
+    with session_scope_for(cfg) as session:
+        result = import_config(
+            session, document, dry_run=dry_run, actor=actor, encryptor=FieldEncryptor(cfg.encryption_keys)
+        )
+    for line in result.changes:
+        click.echo(line)
+    if result.errors:
+        for path, problem in result.errors.items():
+            click.echo(f"  error: {path}: {problem}", err=True)
+        raise click.ClickException(f"{len(result.errors)} problem(s) in {file}; nothing was changed")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if not result.changes:
+        click.echo("no changes", err=True)
+    elif dry_run:
+        click.echo(f"dry run: {len(result.changes)} line(s) of changes shown, nothing applied", err=True)
+    else:
+        click.echo("configuration imported", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

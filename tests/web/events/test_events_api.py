@@ -358,7 +358,8 @@ def test_get_event_explains_status(client: FlaskClient, ingest_key: dict[str, st
     assert "grace period" in body["waiting"]
     assert body["attempts"] == 0
     assert body["delivery"]["sent_at"] is None
-    assert "user" not in body and "user_data" not in body
+    assert "user" not in body
+    assert "user_data" not in body
     event = stored(db_session, "q-1")
     event.decision = {"outcome": "block", "reason_code": "unmapped", "explanation": "Blocked: no mapping."}
     event.status = "blocked"
