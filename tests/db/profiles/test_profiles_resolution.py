@@ -458,3 +458,39 @@ def test_attach_identity_respects_limits(db_session: Session, encryptor: FieldEn
     ok = attach_identity(db_session, encryptor, pid, "cmp:didomi", sha256_hex("u1"), None, now=T0, policy=policy)
     over = attach_identity(db_session, encryptor, pid, "cmp:didomi", sha256_hex("u2"), None, now=T0, policy=policy)
     assert (ok.status, over.status) == ("attached", "over_limit")
+
+
+def test_resolve_many_matches_one_at_a_time(db_session: Session, encryptor: FieldEncryptor, settings: Settings) -> None:
+    from hub.profiles.services import prepare_identity, resolve_many
+
+    known = identify(db_session, encryptor, settings, {"email": "known@shop.example"})
+    users: list[dict[str, object]] = [
+        {"email": "new1@shop.example", "phone": "+4791234567", "first_name": "Ann", "country": "NO"},
+        {"email": "known@shop.example", "phone": "+4791234500"},
+        {"email": "twice@shop.example"},
+        {"email": "twice@shop.example", "external_id": "crm-9"},
+        {"email": "test@test.com", "external_id": "crm-10"},
+        {"fbp": FBP},
+        {"email": "new2@shop.example"},
+    ]
+    prepared = [prepare_identity(u, region=None, settings=settings) for u in users]
+    results = resolve_many(db_session, encryptor, prepared, source="batch", settings=settings, now=T0)
+    assert [r.created for r in results] == [True, False, True, False, True, False, True]
+    assert results[1].profile_id == known.profile_id
+    assert results[1].attached == ("phone",)
+    assert results[3].profile_id == results[2].profile_id
+    assert results[3].attached == ("external_id",)
+    assert results[4].notes == ("user.email: ignored: on the blocklist of placeholder values",)
+    assert results[5].profile_id is None
+    profile = db_session.get(Profile, results[0].profile_id)
+    assert profile is not None
+    assert profile.region == "NO"
+    assert encryptor.decrypt_json(profile.traits_encrypted or "") == {"fn": "ann", "country": "no"}
+    assert identities_of(db_session, results[0].profile_id or "") == {
+        ("email", sha256_hex("new1@shop.example")),
+        ("phone", sha256_hex("4791234567")),
+    }
+    # Running the same batch again creates nothing.
+    again = resolve_many(db_session, encryptor, prepared, source="batch", settings=settings, now=T0)
+    assert [r.profile_id for r in again] == [r.profile_id for r in results]
+    assert not any(r.created for r in again)
