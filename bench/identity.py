@@ -9,8 +9,9 @@ Sections (run in the order given; default: all that are implemented):
   hub at least 2x the SDK's rows per second. The SDK is timed doing what it does (it neither adds
   country codes to phones nor maps names to codes); rows where it raises are counted, not dropped.
 
-Further sections (identify throughput, lookup latency; both database-based) are added as more
-``run_<section>(args)`` functions registered in ``SECTIONS``.
+* ``identify``, ``lookup`` — identity-resolution throughput on SQLite and PostgreSQL, and lookup latency
+  with 1M profiles on PostgreSQL: see ``bench/identity_db.py`` (its options: ``--postgres-url``, ``--people``,
+  ``--lookup-profiles``, ``--lookups``).
 """
 
 from __future__ import annotations
@@ -220,7 +221,14 @@ def run_normalize(args: argparse.Namespace) -> None:
 
 
 # Section name -> runner. Identify-throughput and lookup-latency sections register here.
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"normalize": run_normalize}
+from identity_db import add_arguments as add_database_arguments  # noqa: E402 (bench/ is on sys.path)
+from identity_db import run_identify, run_lookup  # noqa: E402
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "normalize": run_normalize,
+    "identify": run_identify,
+    "lookup": run_lookup,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows (default 100000)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per contender; the best counts")
     parser.add_argument("--seed", type=int, default=20261128, help="random seed for the synthetic rows")
+    add_database_arguments(parser)
     args = parser.parse_args(argv)
     unknown = [section for section in args.sections if section not in SECTIONS]
     if unknown:
