@@ -375,3 +375,16 @@ def test_get_unknown_event_is_404_json(client: FlaskClient, ingest_key: dict[str
     response = client.get("/api/v1/events/nope", headers=ingest_key)
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_browser_snippet_is_served(client: FlaskClient) -> None:
+    response = client.get("/static/hub.js")
+    assert response.status_code == 200
+    script = response.get_data(as_text=True)
+    response.close()
+    assert len(script.encode()) < 3072
+    # The Pixel gets the same id as hub (Meta's dedup key), and browser posts identify themselves.
+    assert "{ eventID: eventId }" in script
+    assert '"X-Hub-Client": "browser"' in script
+    assert "keepalive: true" in script
+    assert "globalPrivacyControl" in script
