@@ -30,6 +30,7 @@ BLUEPRINTS: tuple[tuple[str, bool], ...] = (
     ("hub.consent.api:bp", True),
     ("hub.cmp.views:bp", True),
     ("hub.events.api:bp", True),
+    ("hub.delivery.api:bp", True),
     ("hub.configuration.api:bp", True),
 )
 

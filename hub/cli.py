@@ -11,6 +11,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from flask import Flask
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -404,6 +405,197 @@ def config_import(file: str, dry_run: bool) -> None:
         click.echo(f"dry run: {len(result.changes)} line(s) of changes shown, nothing applied", err=True)
     else:
         click.echo("configuration imported", err=True)
+
+
+@main.group()
+def destination() -> None:
+    """Meta pixels (Conversions API destinations)."""
+
+
+@destination.command("add")
+@click.argument("name")
+@click.option("--pixel-id", required=True, help="The dataset (pixel) id from Events Manager.")
+@click.option("--api-version", default="v26.0", show_default=True, help="Graph API version, e.g. v26.0.")
+@click.option("--test-event-code", default=None, help="Route events to Events Manager > Test Events.")
+@click.option(
+    "--allow-test-events-in-production", is_flag=True, help="Allow --test-event-code with HUB_ENV=production."
+)
+@click.option("--default", "make_default", is_flag=True, help="Make it the default destination.")
+@click.option("--with-app-secret", is_flag=True, help="Also prompt for the app secret (appsecret_proof).")
+@friendly_errors
+def destination_add(
+    name: str,
+    pixel_id: str,
+    api_version: str,
+    test_event_code: str | None,
+    allow_test_events_in_production: bool,
+    make_default: bool,
+    with_app_secret: bool,
+) -> None:
+    """Add a destination; the access token is read from a prompt (or stdin), never from the command line."""
+    from hub.delivery.destinations import DestinationInvalid, create_destination
+    from hub.encryption import FieldEncryptor
+
+    cfg = settings()
+    token = click.prompt("Access token", hide_input=True, err=True).strip()
+    data: dict[str, object] = {"name": name, "pixel_id": pixel_id, "access_token": token, "api_version": api_version}
+    if with_app_secret:
+        data["app_secret"] = click.prompt("App secret", hide_input=True, err=True).strip()
+    if test_event_code:
+        data["test_event_code"] = test_event_code
+    if allow_test_events_in_production:
+        data["allow_test_events_in_production"] = True
+    if make_default:
+        data["is_default"] = True
+    with session_scope_for(cfg) as session:
+        try:
+            added = create_destination(session, FieldEncryptor(cfg.encryption_keys), data, settings=cfg, actor="cli")
+        except DestinationInvalid as exc:
+            raise click.ClickException("; ".join(f"{k}: {v}" for k, v in exc.errors.items())) from None
+        summary = f"destination {added.name!r} (pixel {added.pixel_id}, {added.api_version})"
+        summary += " is the default" if added.is_default else " added"
+    click.echo(summary)
+
+
+@destination.command("list")
+@friendly_errors
+def destination_list() -> None:
+    """List destinations (tokens are never shown)."""
+    from hub.delivery.destinations import list_destinations
+
+    with session_scope_for(settings()) as session:
+        for row in list_destinations(session):
+            flags = (
+                [row.status]
+                + (["default"] if row.is_default else [])
+                + ([] if row.access_token_encrypted else ["no token"])
+            )
+            line = f"{row.id}\t{row.name}\tpixel {row.pixel_id}\t{row.api_version}\t{', '.join(flags)}"
+            if row.status == "paused":
+                line += f"\tpaused: {row.paused_reason}"
+            click.echo(line)
+
+
+@destination.command("set-token")
+@click.argument("name")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume the destination if paused.")
+@friendly_errors
+def destination_set_token(name: str, resume: bool) -> None:
+    """Replace the access token of NAME (read from a prompt or stdin) and resume it."""
+    from hub.delivery.destinations import (
+        DestinationInvalid,
+        DestinationNotFound,
+        find_destination,
+        resume_destination,
+        update_destination,
+    )
+    from hub.encryption import FieldEncryptor
+
+    cfg = settings()
+    token = click.prompt("Access token", hide_input=True, err=True).strip()
+    with session_scope_for(cfg) as session:
+        try:
+            row = find_destination(session, name)
+            update_destination(
+                session, FieldEncryptor(cfg.encryption_keys), row.id, {"access_token": token}, settings=cfg, actor="cli"
+            )
+        except DestinationNotFound:
+            raise click.ClickException(f"no destination named {name!r}") from None
+        except DestinationInvalid as exc:
+            raise click.ClickException("; ".join(f"{k}: {v}" for k, v in exc.errors.items())) from None
+        if resume:
+            resume_destination(session, row.id, actor="cli")
+        click.echo(f"token replaced; destination {row.name!r} is {row.status}")
+
+
+@destination.command("resume")
+@click.argument("name")
+@friendly_errors
+def destination_resume(name: str) -> None:
+    """Resume a paused destination: its held events go out again."""
+    from hub.delivery.destinations import DestinationNotFound, find_destination, resume_destination
+
+    with session_scope_for(settings()) as session:
+        try:
+            row = find_destination(session, name)
+        except DestinationNotFound:
+            raise click.ClickException(f"no destination named {name!r}") from None
+        resume_destination(session, row.id, actor="cli")
+        click.echo(f"destination {row.name!r} is active")
+
+
+def _worker_app() -> Flask:
+    from hub.app import create_app
+
+    return create_app(settings())
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Process everything due now, then exit.")
+@friendly_errors
+def worker(once: bool) -> None:
+    """Run the scheduler: dispatch, retries and retention."""
+    from hub.delivery.dispatch import delivery_context
+    from hub.delivery.worker import Worker
+
+    app = _worker_app()
+    loop = Worker(delivery_context(app))
+    if once:
+        try:
+            summary = loop.run_until_idle()
+        finally:
+            loop.context.close()
+        click.echo(", ".join(f"{k}: {v}" for k, v in summary.as_dict().items()))
+        return
+    loop.install_signal_handlers()
+    loop.run()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Request threads.")
+@click.option("--token", "tokens", multiple=True, metavar="PIXEL=TOKEN", help="Accept only these tokens (repeatable).")
+def sandbox(host: str, port: int, threads: int, tokens: tuple[str, ...]) -> None:
+    """The local CAPI sandbox: a Graph API stand-in that validates and records (point HUB_GRAPH_URL at it)."""
+    import waitress
+
+    from hub.sandbox.app import create_sandbox_app
+
+    config: dict[str, object] = {}
+    if tokens:
+        pairs = [entry.partition("=") for entry in tokens]
+        if any(not sep or not pixel or not token for pixel, sep, token in pairs):
+            raise click.ClickException("--token takes PIXEL=TOKEN")
+        config["tokens"] = {pixel: token for pixel, _, token in pairs}
+    click.echo(f"CAPI sandbox on http://{host}:{port} (set HUB_GRAPH_URL=http://{host}:{port})")
+    waitress.serve(create_sandbox_app(config), host=host, port=port, threads=threads, ident="capi-sandbox", _quiet=True)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@friendly_errors
+def purge(dry_run: bool) -> None:
+    """Apply retention now (HUB_RETENTION_CONTEXT_DAYS, HUB_RETENTION_EVENTS_DAYS)."""
+    from hub.db import create_db_engine, make_sessionmaker, utcnow
+    from hub.delivery.options import delivery_options
+    from hub.delivery.retention import purge as apply_retention
+    from hub.encryption import FieldEncryptor
+
+    cfg = settings()
+    engine = create_db_engine(cfg.database_url)
+    try:
+        summary = apply_retention(
+            make_sessionmaker(engine),
+            FieldEncryptor(cfg.encryption_keys),
+            delivery_options(cfg),
+            now=utcnow(),
+            dry_run=dry_run,
+        )
+    finally:
+        engine.dispose()
+    for line in summary.lines():
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

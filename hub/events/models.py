@@ -47,6 +47,8 @@ class Event(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
     unknown_outcome_resends: Mapped[int] = mapped_column(default=0)
+    # Dead letters: the exact CAPI event that was last sent, as a Fernet token of JSON (it holds IP and UA).
+    dead_payload_encrypted: Mapped[str | None] = mapped_column(Text)
     context_purged_at: Mapped[datetime | None]
 
 

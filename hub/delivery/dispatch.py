@@ -1,0 +1,681 @@
+"""The scheduler's dispatch: claim due events, decide them again, send them to Meta, record what happened.
+
+One batch (``dispatch_batch``) is three kinds of short transactions and never holds one open across HTTP:
+
+1. **claim + prepare** (one transaction): select due events — ``pending``/``retrying``, ``next_attempt_at <= now``,
+   no live lease, not routed to a paused destination — oldest first, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
+   (several workers share the queue; SQLite's ``BEGIN IMMEDIATE`` serializes its single worker). Each event is
+   decided again (``decide_stored_event``: the consent grace period → ``wait``; consent withdrawn → ``blocked``),
+   mapped, its identifiers assembled and its CAPI event built; what Meta would reject is blocked with the
+   reason (``payload_rejected:<code>``). Events to send get a lease (``lease_owner``, ``lease_expires_at``) and
+   the transaction commits *before* anything is sent.
+2. **send**: per destination, at most 1,000 events per request, with the worker's ``requests.Session``.
+3. **record** (one transaction per request): a ``delivery_attempts`` row and the events' outcome, only for
+   events whose lease this worker still holds.
+
+Outcomes (reference/capi.md §9, checklist 25-28):
+
+* success — only when ``events_received`` equals the number sent → ``sent``, ``sent_at``,
+  ``delivered_attempt_id``;
+* transient / throttle → ``retrying``, ``attempts + 1``, ``next_attempt_at = now + next_delay(...)`` (Meta's usage
+  headers as a floor), until the retry would leave the 7-day window (``give_up_at``) → ``dead``. After a throttle
+  the destination is left alone until the wait is over (Meta: continued calls extend the block, §10);
+* code 100 → the batch is split in halves and each half sent again, until the invalid events are alone; a single
+  invalid event is ``dead`` with Meta's error, the others are delivered;
+* 190/102/104 (and missing permissions) → the destination is paused with the reason, its events are left as
+  they were (``pending``/``retrying``, lease released) and go out again once it is resumed;
+* other permanent errors → ``dead`` with the error and the payload (encrypted) for the dead-letter queue.
+
+Crash safety: a lease that expired means a worker died (or stalled) after committing step 1 — it may or may not
+have sent. Such an event is claimed again, resent with the same ``event_id`` and counted in
+``unknown_outcome_resends`` (and the metric). A worker only records outcomes for events it still holds, so a
+stalled worker cannot overwrite the newer outcome of the worker that took over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.config import Settings
+from hub.db import session_scope, utcnow
+from hub.delivery.assemble import PersonIdentifiers, capi_input, ldu_from_decision, merge_identifiers
+from hub.delivery.backoff import give_up_at, next_delay
+from hub.delivery.client import CapiClient, CapiResponse
+from hub.delivery.destinations import destination_credentials, effective_test_event_code, pause_destination
+from hub.delivery.errors import ErrorClass
+from hub.delivery.models import DeliveryAttempt, Destination
+from hub.delivery.options import DeliveryOptions, delivery_options
+from hub.delivery.payload import MAX_EVENTS_PER_REQUEST, PayloadRejected, build_capi_event, build_request_body
+from hub.encryption import FieldEncryptor
+from hub.events.models import Event
+from hub.mappings.apply import apply_mapping
+from hub.mappings.services import load_mapping_definitions
+from hub.metrics import Metrics
+from hub.profiles.models import Identity, Profile
+from hub.profiles.services import profile_traits
+from hub.rules.services import decide_stored_event, load_rules
+
+log = logging.getLogger(__name__)
+
+DUE_STATUSES = ("pending", "retrying")
+# An event that cannot be routed (no destination configured) is looked at again after this long.
+NO_DESTINATION_RETRY = timedelta(minutes=1)
+
+_events = Event.__table__
+
+
+@dataclass
+class RunSummary:
+    """What one batch or run did, in events (``requests`` counts HTTP requests to Meta)."""
+
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    dead: int = 0
+    blocked: int = 0
+    waiting: int = 0
+    held: int = 0  # destination paused or throttled, or no destination: left due later, untouched
+    requests: int = 0
+    unknown_outcome_resends: int = 0
+
+    def add(self, other: RunSummary) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class DeliveryContext:
+    """Everything one worker needs; one per worker thread or process (it owns one ``requests.Session``)."""
+
+    sessionmaker: sessionmaker[Session]
+    settings: Settings
+    encryptor: FieldEncryptor
+    metrics: Metrics
+    client: CapiClient
+    options: DeliveryOptions
+    dialect: str
+    worker_id: str = field(default_factory=lambda: new_worker_id())
+    rng: random.Random = field(default_factory=random.Random)
+    # destination id → moment before which nothing is sent there (after Meta throttled us).
+    throttled_until: dict[int, datetime] = field(default_factory=dict)
+    # destinations paused by an answer during the current batch (their remaining chunks are not sent).
+    paused_now: set[int] = field(default_factory=set)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def delivery_context(app: Flask, *, client: CapiClient | None = None, worker_id: str | None = None) -> DeliveryContext:
+    """A new context on the app's database, settings, encryptor and metrics (the caller closes it)."""
+    settings: Settings = app.extensions["hub.settings"]
+    options = delivery_options(settings)
+    engine = app.extensions["hub.engine"]
+    context = DeliveryContext(
+        sessionmaker=app.extensions["hub.sessionmaker"],
+        settings=settings,
+        encryptor=app.extensions["hub.encryptor"],
+        metrics=app.extensions["hub.metrics"],
+        client=client or CapiClient(settings.graph_url, timeout=options.request_timeout),
+        options=options,
+        dialect=engine.dialect.name,
+    )
+    if worker_id is not None:
+        context.worker_id = worker_id
+    return context
+
+
+def run_once(
+    app_or_context: Flask | DeliveryContext, *, now: datetime | None = None, limit: int | None = None
+) -> RunSummary:
+    """Process due events batch after batch until none is due (or ``limit`` events were claimed).
+
+    ``now`` fixes the clock for the whole run (tests); by default each batch reads the clock.
+    """
+    if isinstance(app_or_context, DeliveryContext):
+        context, owned = app_or_context, False
+    else:
+        context, owned = delivery_context(app_or_context), True
+    total = RunSummary()
+    try:
+        while limit is None or total.claimed < limit:
+            size = context.options.batch_size
+            if limit is not None:
+                size = min(size, limit - total.claimed)
+            summary = dispatch_batch(context, now=now or utcnow(), size=size)
+            total.add(summary)
+            if summary.claimed < size:
+                break
+    finally:
+        if owned:
+            context.close()
+    return total
+
+
+# -- one batch ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    id: int
+    name: str
+    pixel_id: str
+    api_version: str
+    access_token: str
+    app_secret: str | None
+    test_event_code: str | None
+
+
+@dataclass
+class _Outgoing:
+    id: int
+    event_id: str
+    received_at: datetime
+    occurred_at: datetime
+    attempts: int
+    payload: dict[str, Any]
+
+
+def dispatch_batch(context: DeliveryContext, *, now: datetime, size: int | None = None) -> RunSummary:
+    """Claim up to ``size`` due events, send what may be sent, record the outcomes."""
+    summary = RunSummary()
+    groups, targets = _claim_and_prepare(context, now, size or context.options.batch_size, summary)
+    for destination_id, outgoing in groups.items():
+        target = targets[destination_id]
+        for start in range(0, len(outgoing), MAX_EVENTS_PER_REQUEST):
+            chunk = outgoing[start : start + MAX_EVENTS_PER_REQUEST]
+            held_until = context.throttled_until.get(destination_id)
+            if target.id in context.paused_now:
+                _release(context, chunk, next_attempt_at=None)
+                summary.held += len(chunk)
+                continue
+            if held_until is not None and held_until > now:
+                _release(context, chunk, next_attempt_at=held_until)
+                summary.held += len(chunk)
+                continue
+            _deliver(context, target, chunk, now, summary, renew=False)
+    context.throttled_until = {k: v for k, v in context.throttled_until.items() if v > now}
+    context.paused_now.clear()
+    return summary
+
+
+def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) -> Any:
+    query = select(Event).where(
+        Event.status.in_(DUE_STATUSES),
+        Event.next_attempt_at <= now,
+        or_(Event.lease_expires_at.is_(None), Event.lease_expires_at <= now),
+    )
+    if paused:
+        query = query.where(or_(Event.destination_id.is_(None), Event.destination_id.not_in(paused)))
+    query = query.order_by(Event.next_attempt_at, Event.id).limit(size)
+    if dialect == "postgresql":
+        # Several workers share the queue: each takes rows nobody else has locked (DESIGN §4.6).
+        query = query.with_for_update(skip_locked=True, of=Event)
+    return query
+
+
+def _claim_and_prepare(
+    context: DeliveryContext, now: datetime, size: int, summary: RunSummary
+) -> tuple[dict[int, list[_Outgoing]], dict[int, _Target]]:
+    groups: dict[int, list[_Outgoing]] = {}
+    targets: dict[int, _Target] = {}
+    with session_scope(context.sessionmaker) as session:
+        destinations = {d.id: d for d in session.scalars(select(Destination))}
+        paused = [d.id for d in destinations.values() if d.status == "paused"]
+        events = list(session.scalars(_claim_query(now, paused, size, context.dialect)))
+        summary.claimed = len(events)
+        if not events:
+            return groups, targets
+        rules = load_rules(session)
+        mappings = load_mapping_definitions(session)
+        default = next((d for d in destinations.values() if d.is_default), None)
+        people = _people(session, context.encryptor, {e.profile_id for e in events if e.profile_id})
+        missing_destination = 0
+        for event in events:
+            stale_lease = event.lease_owner is not None
+            event.lease_owner = None
+            event.lease_expires_at = None
+            decision = decide_stored_event(
+                session,
+                event,
+                now=now,
+                settings=context.settings,
+                rules=rules,
+                mappings=mappings,
+                metrics=context.metrics,
+            )
+            if decision.outcome == "wait":
+                summary.waiting += 1
+                continue
+            if decision.outcome == "block":
+                summary.blocked += 1
+                continue
+            destination = destinations.get(event.destination_id) if event.destination_id is not None else default
+            if destination is None:
+                # Not routable: nothing configured yet. Kept (not lost) and looked at again shortly.
+                event.next_attempt_at = now + NO_DESTINATION_RETRY
+                event.last_error = {
+                    "reason": "no_destination",
+                    "message": "no destination is configured for this event (add one with `hub destination add`)",
+                    "at": _iso(now),
+                }
+                missing_destination += 1
+                summary.held += 1
+                continue
+            event.destination_id = destination.id
+            if destination.status == "paused":
+                summary.held += 1
+                continue
+            held_until = context.throttled_until.get(destination.id)
+            if held_until is not None and held_until > now:
+                event.next_attempt_at = held_until
+                summary.held += 1
+                continue
+            payload = _build(context, session, event, mappings, people, now, summary)
+            if payload is None:
+                continue
+            if destination.id not in targets:
+                target = _target(context, destination)
+                if target is None:
+                    pause_destination(
+                        session, destination.id, "no access token is set; add one and resume the destination", now=now
+                    )
+                    paused.append(destination.id)
+                    summary.held += 1
+                    continue
+                targets[destination.id] = target
+            if stale_lease:
+                # Claimed before by a worker whose lease ran out: it may have sent this event. Resent with the same
+                # event_id; counted so an operator sees it (Meta does not dedup server events, capi.md §8).
+                event.unknown_outcome_resends += 1
+                summary.unknown_outcome_resends += 1
+                context.metrics.unknown_outcome_resends.inc()
+            event.lease_owner = context.worker_id
+            event.lease_expires_at = now + timedelta(seconds=context.options.lease_seconds)
+            groups.setdefault(destination.id, []).append(
+                _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
+            )
+        if missing_destination:
+            log.warning("%d event(s) are waiting for a destination: none is configured", missing_destination)
+    return groups, targets
+
+
+def _target(context: DeliveryContext, destination: Destination) -> _Target | None:
+    token, secret = destination_credentials(context.encryptor, destination)
+    if not token:
+        return None
+    return _Target(
+        id=destination.id,
+        name=destination.name,
+        pixel_id=destination.pixel_id,
+        api_version=destination.api_version,
+        access_token=token,
+        app_secret=secret,
+        test_event_code=effective_test_event_code(destination, context.settings),
+    )
+
+
+def _people(session: Session, encryptor: FieldEncryptor, profile_ids: Iterable[str]) -> dict[str, PersonIdentifiers]:
+    """Identities and traits of each event's person, across the merged cluster, for a whole batch at once."""
+    ids = list(profile_ids)
+    if not ids:
+        return {}
+    root_of: dict[str, str] = {}
+    for row in session.execute(select(Profile.id, Profile.merged_into_id).where(Profile.id.in_(ids))):
+        root_of[row.id] = row.merged_into_id or row.id  # merges are flattened: one hop reaches the root
+    roots = set(root_of.values())
+    members: dict[str, str] = {root: root for root in roots}
+    for row in session.execute(select(Profile.id, Profile.merged_into_id).where(Profile.merged_into_id.in_(roots))):
+        members[row.id] = row.merged_into_id
+    identities: dict[str, list[tuple[str, str]]] = {root: [] for root in roots}
+    rows = session.execute(
+        select(Identity.profile_id, Identity.kind, Identity.value_hash)
+        .where(Identity.profile_id.in_(list(members)))
+        .order_by(Identity.id)
+    )
+    for row in rows:
+        identities[members[row.profile_id]].append((row.kind, row.value_hash))
+    traits: dict[str, dict[str, str]] = {}
+    for profile in session.scalars(select(Profile).where(Profile.id.in_(roots))):
+        traits[profile.id] = profile_traits(encryptor, profile)
+    return {
+        pid: PersonIdentifiers(identities=tuple(identities.get(root, ())), traits=traits.get(root))
+        for pid, root in root_of.items()
+    }
+
+
+def _build(
+    context: DeliveryContext,
+    session: Session,
+    event: Event,
+    mappings: Mapping[str, Any],
+    people: Mapping[str, PersonIdentifiers],
+    now: datetime,
+    summary: RunSummary,
+) -> dict[str, Any] | None:
+    """The CAPI event for a decided event, or None after recording why it cannot be sent."""
+    mapping = mappings[event.source_event]  # the decision said "send", so the mapping exists and is enabled
+    mapped = apply_mapping(mapping, event.properties, event_action_source=event.action_source)
+    if mapped.errors:
+        first = next(iter(mapped.errors.items()))
+        _refuse(context, event, PayloadRejected("mapping_errors", "; ".join(mapped.errors.values()), first[0]), now)
+        summary.blocked += 1
+        return None
+    user_data = context.encryptor.decrypt_json(event.user_data_encrypted) if event.user_data_encrypted else None
+    hashed, plain = merge_identifiers(user_data, people.get(event.profile_id) if event.profile_id else None)
+    decision = event.decision or {}
+    try:
+        return build_capi_event(
+            capi_input(
+                event_id=event.event_id,
+                occurred_at=event.occurred_at,
+                source_url=event.source_url,
+                mapped=mapped,
+                hashed=hashed,
+                plain=plain,
+                allowed_identifiers=decision.get("identifiers"),
+                ldu=ldu_from_decision(decision),
+            ),
+            now,
+        )
+    except PayloadRejected as rejected:
+        if rejected.code == "too_old" and event.status == "retrying":
+            # It was sendable once and our retries ran out of Meta's 7-day window: a dead letter, not a block.
+            _dead_in_session(event, now, _local_error(rejected, now))
+            summary.dead += 1
+        else:
+            _refuse(context, event, rejected, now)
+            summary.blocked += 1
+        return None
+
+
+def _local_error(rejected: PayloadRejected, now: datetime) -> dict[str, Any]:
+    return {
+        "kind": "local",
+        "reason": f"payload_rejected:{rejected.code}",
+        "message": rejected.message,
+        "field": rejected.field,
+        "at": _iso(now),
+    }
+
+
+def _refuse(context: DeliveryContext, event: Event, rejected: PayloadRejected, now: datetime) -> None:
+    """Block an event Meta would reject (never sent, not a dead letter), with the reason recorded."""
+    reason = f"payload_rejected:{rejected.code}"
+    event.status = "blocked"
+    event.next_attempt_at = None
+    event.decision = {
+        **(event.decision or {}),
+        "outcome": "block",
+        "reason_code": reason,
+        "explanation": f"Blocked before sending: {rejected.message}"
+        + (f" (field {rejected.field})" if rejected.field else ""),
+        "payload_error": {"code": rejected.code, "message": rejected.message, "field": rejected.field},
+    }
+    event.decided_at = now
+    context.metrics.decisions.labels(outcome="block", reason=reason).inc()
+
+
+def _dead_in_session(event: Event, now: datetime, error: Mapping[str, Any]) -> None:
+    event.status = "dead"
+    event.next_attempt_at = None
+    event.last_error = dict(error)
+
+
+# -- sending and recording -------------------------------------------------------------------------------------
+def _deliver(
+    context: DeliveryContext,
+    target: _Target,
+    chunk: list[_Outgoing],
+    now: datetime,
+    summary: RunSummary,
+    *,
+    renew: bool,
+) -> None:
+    if renew:
+        chunk = _renew_leases(context, chunk, now)
+        if not chunk:
+            return
+    body = build_request_body([o.payload for o in chunk], test_event_code=target.test_event_code)
+    response = context.client.send(
+        target.pixel_id, target.access_token, target.api_version, body, app_secret=target.app_secret
+    )
+    summary.requests += 1
+    error = response.error
+    metrics = context.metrics
+    metrics.delivery_attempts.labels(outcome="sent" if error is None else error.kind).inc()
+    if error is not None and error.code is not None:
+        metrics.meta_errors.labels(code=str(error.code), subcode=str(error.subcode or "")).inc()
+
+    if error is None:
+        _record(context, target, chunk, response, now, "sent")
+        summary.sent += len(chunk)
+        for outgoing in chunk:
+            metrics.delivery_latency.observe(max(0.0, (now - outgoing.received_at).total_seconds()))
+        return
+    if error.pauses_destination:
+        reason = _pause_reason(error)
+        log.error("destination %s paused: %s", target.name, reason)
+        metrics.destination_paused.labels(destination=target.name).inc()
+        context.paused_now.add(target.id)
+        _record(context, target, chunk, response, now, "paused", pause_reason=reason)
+        summary.held += len(chunk)
+        return
+    if error.splits_batch and len(chunk) > 1:
+        # Meta: one invalid event rejects the whole batch (§3); split to isolate it (checklist 28).
+        _record(context, target, chunk, response, now, "split")
+        middle = len(chunk) // 2
+        for half in (chunk[:middle], chunk[middle:]):
+            if target.id in context.paused_now:
+                _release(context, half, next_attempt_at=None)
+                summary.held += len(half)
+                continue
+            _deliver(context, target, half, now, summary, renew=True)
+        return
+    if error.retryable:
+        retried, dead = _record(context, target, chunk, response, now, "retry")
+        summary.retrying += retried
+        summary.dead += dead
+        if error.kind == "throttle":
+            wait = error.retry_after or context.settings.retry_base_seconds
+            context.throttled_until[target.id] = now + timedelta(seconds=wait)
+        return
+    _record(context, target, chunk, response, now, "dead")
+    summary.dead += len(chunk)
+
+
+def _pause_reason(error: ErrorClass) -> str:
+    if error.code is None:
+        code = error.reason
+    else:
+        code = f"Meta error {error.code}" + (f" (subcode {error.subcode})" if error.subcode is not None else "")
+    return f"{code}: {error.message}. Fix the access token or permissions, then resume the destination."
+
+
+def _error_record(error: ErrorClass, response: CapiResponse, attempt_id: int, now: datetime) -> dict[str, Any]:
+    return {
+        "kind": error.kind,
+        "reason": error.reason,
+        "code": error.code,
+        "subcode": error.subcode,
+        "message": error.message,
+        "fbtrace_id": error.fbtrace_id or response.fbtrace_id,
+        "http_status": response.status,
+        "attempt_id": attempt_id,
+        "at": _iso(now),
+    }
+
+
+def _record(
+    context: DeliveryContext,
+    target: _Target,
+    chunk: Sequence[_Outgoing],
+    response: CapiResponse,
+    now: datetime,
+    action: str,
+    *,
+    pause_reason: str | None = None,
+) -> tuple[int, int]:
+    """One transaction: the attempt row and the outcome of every event this worker still holds.
+
+    Returns (retrying, dead) counts for the "retry" action.
+    """
+    error = response.error
+    owner = context.worker_id
+    ids = [o.id for o in chunk]
+    retried = dead = 0
+    with session_scope(context.sessionmaker) as session:
+        attempt = DeliveryAttempt(
+            destination_id=target.id,
+            started_at=now,
+            duration_ms=response.duration_ms,
+            event_count=len(chunk),
+            events_received=response.events_received,
+            http_status=response.status,
+            outcome="sent" if error is None else error.kind,
+            error_code=None if error is None else error.code,
+            error_subcode=None if error is None else error.subcode,
+            error_message=None if error is None else error.message,
+            fbtrace_id=response.fbtrace_id,
+            response=dict(response.body) if response.body is not None else None,
+        )
+        session.add(attempt)
+        session.flush()
+        held = _events.c.lease_owner == owner
+        if action == "sent":
+            result = session.execute(
+                update(_events)
+                .where(_events.c.id.in_(ids), held)
+                .values(
+                    status="sent",
+                    sent_at=now,
+                    delivered_attempt_id=attempt.id,
+                    attempts=_events.c.attempts + 1,
+                    next_attempt_at=None,
+                    last_error=None,
+                    dead_payload_encrypted=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            _warn_if_lost(result.rowcount, len(ids), target)
+        elif action == "paused":
+            pause_destination(session, target.id, pause_reason or "authentication failed", now=now)
+            session.execute(
+                update(_events)
+                .where(_events.c.id.in_(ids), held)
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=_error_record(error, response, attempt.id, now) if error else None,
+                )
+            )
+        elif action == "split":
+            pass  # the halves are sent next; the events keep their lease
+        else:
+            assert error is not None
+            record = _error_record(error, response, attempt.id, now)
+            rows = []
+            for outgoing in chunk:
+                attempts = outgoing.attempts + 1
+                status, next_at, payload = "dead", None, None
+                if action == "retry":
+                    delay = next_delay(
+                        attempts,
+                        context.settings.retry_base_seconds,
+                        context.settings.retry_max_seconds,
+                        context.rng,
+                        floor=error.retry_after,
+                    )
+                    retry_at = now + timedelta(seconds=delay)
+                    if retry_at <= give_up_at(outgoing.occurred_at):
+                        status, next_at = "retrying", retry_at
+                if status == "dead":
+                    payload = context.encryptor.encrypt_json(outgoing.payload)
+                    dead += 1
+                else:
+                    retried += 1
+                error_json = record
+                if status == "dead" and action == "retry":
+                    error_json = {**record, "gave_up": "the next retry would fall outside Meta's 7-day window"}
+                rows.append(
+                    {
+                        "_id": outgoing.id,
+                        "_status": status,
+                        "_attempts": attempts,
+                        "_next": next_at,
+                        "_error": error_json,
+                        "_payload": payload,
+                    }
+                )
+            result = session.execute(
+                update(_events)
+                .where(_events.c.id == bindparam("_id"), held)
+                .values(
+                    status=bindparam("_status"),
+                    attempts=bindparam("_attempts"),
+                    next_attempt_at=bindparam("_next"),
+                    last_error=bindparam("_error"),
+                    dead_payload_encrypted=bindparam("_payload"),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                ),
+                rows,
+            )
+    return retried, dead
+
+
+def _warn_if_lost(updated: int, expected: int, target: _Target) -> None:
+    if updated != expected:
+        log.warning(
+            "%d of %d events sent to %s had been taken over by another worker after their lease expired; "
+            "their outcome is recorded by that worker",
+            expected - updated,
+            expected,
+            target.name,
+        )
+
+
+def _renew_leases(context: DeliveryContext, chunk: list[_Outgoing], now: datetime) -> list[_Outgoing]:
+    """Extend the lease before another request for these events; returns those still held."""
+    owner = context.worker_id
+    ids = [o.id for o in chunk]
+    expires = max(now, utcnow()) + timedelta(seconds=context.options.lease_seconds)
+    with session_scope(context.sessionmaker) as session:
+        mine = (_events.c.id.in_(ids), _events.c.lease_owner == owner)
+        session.execute(update(_events).where(*mine).values(lease_expires_at=expires))
+        held = set(session.scalars(select(Event.id).where(Event.id.in_(ids), Event.lease_owner == owner)))
+    return [o for o in chunk if o.id in held]
+
+
+def _release(context: DeliveryContext, chunk: Sequence[_Outgoing], *, next_attempt_at: datetime | None) -> None:
+    """Give events back untouched (destination paused or throttled); optionally not before ``next_attempt_at``."""
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    with session_scope(context.sessionmaker) as session:
+        session.execute(
+            update(_events)
+            .where(_events.c.id.in_([o.id for o in chunk]), _events.c.lease_owner == context.worker_id)
+            .values(**values)
+        )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
