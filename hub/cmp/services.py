@@ -246,22 +246,47 @@ def cmp_identity(adapter: str, key: str, value: str) -> tuple[str, str]:
     return f"cmp:{adapter}", f"{key.removeprefix(adapter + '_')}:{value}"
 
 
-def _duplicate_of(session: Session, item: CmpInboxItem, **match: Any) -> int | None:
-    conditions = [getattr(CmpInboxItem, name) == value for name, value in match.items()]
+def _duplicate_of(session: Session, item: CmpInboxItem, condition: Any) -> int | None:
+    """An earlier delivery of the same source matching ``condition`` that was processed (or was a repeat)."""
     return session.scalar(
         select(CmpInboxItem.id)
         .where(
             CmpInboxItem.source_id == item.source_id,
             CmpInboxItem.id != item.id,
             CmpInboxItem.status.in_(("processed", "duplicate")),
-            *conditions,
+            condition,
         )
         .order_by(CmpInboxItem.id)
         .limit(1)
     )
 
 
-def _mark(item: CmpInboxItem, status: str, now: datetime, note: str | None = None) -> None:
+def _parse(source: SourceConfig, item: CmpInboxItem, body: bytes) -> list[ConsentSubmission]:
+    try:
+        payload = json.loads(body.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise DeliveryRejected(400, "invalid_json", "The body is not UTF-8 text.") from None
+    except (ValueError, RecursionError) as error:
+        detail = f" (line {error.lineno}, column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise DeliveryRejected(400, "invalid_json", f"The body is not valid JSON{detail}.") from None
+    try:
+        return parse_payload(
+            source.adapter,
+            payload,
+            purpose_map=source.settings.get("purpose_map") or {},
+            body_sha256=item.body_sha256,
+            tcf_purpose_map=source.settings.get("tcf_purpose_map") or None,
+        )
+    except PayloadError as error:
+        path = error.field or "body"
+        raise DeliveryRejected(400, "invalid_payload", f"{path}: {error.message}", {path: error.message}) from None
+
+
+def _mark(
+    item: CmpInboxItem, status: str, now: datetime, note: str | None = None, event_key: str | None = None
+) -> None:
+    if event_key is not None:
+        item.event_key = event_key
     item.status = status
     item.processed_at = now
     item.error = note
@@ -284,35 +309,25 @@ def process_delivery(
     item = session.get(CmpInboxItem, inbox_id)
     if item is None:
         raise LookupError(f"no inbox item {inbox_id}")
-    earlier = _duplicate_of(session, item, body_sha256=item.body_sha256)
-    if earlier is not None:
+    try:
+        submissions = _parse(source, item, body)
+    except DeliveryRejected:
+        earlier = _duplicate_of(session, item, CmpInboxItem.body_sha256 == item.body_sha256)
+        if earlier is None:
+            raise
+        # Processed before (the source's mapping may have changed since): a repeat stays a no-op.
         _mark(item, "duplicate", now, f"same body as inbox item {earlier}")
         return DeliveryOutcome("duplicate", notes=(f"same body as delivery {earlier}",))
-    try:
-        payload = json.loads(body.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise DeliveryRejected(400, "invalid_json", "The body is not UTF-8 text.") from None
-    except (ValueError, RecursionError) as error:
-        detail = f" (line {error.lineno}, column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
-        raise DeliveryRejected(400, "invalid_json", f"The body is not valid JSON{detail}.") from None
-    try:
-        submissions = parse_payload(
-            source.adapter,
-            payload,
-            purpose_map=source.settings.get("purpose_map") or {},
-            body_sha256=item.body_sha256,
-            tcf_purpose_map=source.settings.get("tcf_purpose_map") or None,
-        )
-    except PayloadError as error:
-        raise DeliveryRejected(
-            400, "invalid_payload", f"{error.field or 'body'}: {error.message}", {error.field or "body": error.message}
-        ) from None
-    if submissions:
-        item.event_key = submissions[0].source_event_id[:255]
-        earlier = _duplicate_of(session, item, event_key=item.event_key)
-        if earlier is not None:
-            _mark(item, "duplicate", now, f"same CMP event id as inbox item {earlier}")
-            return DeliveryOutcome("duplicate", notes=(f"same event id as delivery {earlier}",))
+    same = CmpInboxItem.body_sha256 == item.body_sha256
+    # Set with the final status so the inbox row is written once (identity resolution flushes on its savepoint).
+    event_key = submissions[0].source_event_id[:255] if submissions else None
+    if event_key is not None:
+        same = same | (CmpInboxItem.event_key == event_key)
+    earlier = _duplicate_of(session, item, same)
+    item_event_key = event_key
+    if earlier is not None:
+        _mark(item, "duplicate", now, f"same body or CMP event id as inbox item {earlier}", item_event_key)
+        return DeliveryOutcome("duplicate", notes=(f"same body or event id as delivery {earlier}",))
 
     notes: list[str] = []
     record_ids: list[int] = []
@@ -355,7 +370,7 @@ def process_delivery(
             notes.append("the subject was erased; nothing recorded")
             continue
         record_ids.extend(r.id for r in records)
-    _mark(item, "processed", now, "; ".join(notes)[:2000] or None)
+    _mark(item, "processed", now, "; ".join(notes)[:2000] or None, item_event_key)
     return DeliveryOutcome(
         "processed", records=len(record_ids), profile_id=profile_id, record_ids=tuple(record_ids), notes=tuple(notes)
     )

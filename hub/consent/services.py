@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.consent.ledger import load_ledger
@@ -83,7 +82,6 @@ _MAX_EVENT_ID = 255
 _MAX_SHORT = 40
 _MAX_REGION = 8
 _MAX_NOTICE = 120
-_ATTEMPTS = 3
 
 
 class ConsentInputError(ValueError):
@@ -234,18 +232,22 @@ def _validate(
 
 
 def _lock_root(session: Session, profile_id: str) -> str:
-    """The cluster root, locked: consent writes for one person take turns so the projection stays exact
-    (PostgreSQL; SQLite serializes writers anyway). Raises ProfileNotFound / SubjectErased."""
-    root = canonical_profile_id(session, profile_id)
-    profile = session.scalars(select(Profile).where(Profile.id == root).with_for_update()).one_or_none()
-    if profile is None:
-        raise ProfileNotFound(profile_id)
-    if profile.merged_into_id is not None:
-        # Merged between the two reads: follow it once more.
-        return _lock_root(session, profile.merged_into_id)
-    if profile.erased_at is not None:
-        raise SubjectErased(root)
-    return root
+    """The cluster root, locked: consent writes for one person take turns, so the idempotency check below sees a
+    concurrent writer's rows and the projection stays exact (PostgreSQL; SQLite serializes writers anyway).
+    Raises ProfileNotFound / SubjectErased."""
+    current = profile_id
+    for _ in range(8):  # merges are flattened: one hop at most, the bound guards against a corrupted chain
+        row = session.execute(
+            select(Profile.merged_into_id, Profile.erased_at).where(Profile.id == current).with_for_update()
+        ).first()
+        if row is None:
+            raise ProfileNotFound(profile_id)
+        if row.merged_into_id is None:
+            if row.erased_at is not None:
+                raise SubjectErased(current)
+            return current
+        current = row.merged_into_id
+    raise ProfileNotFound(profile_id)
 
 
 def record_consent(
@@ -286,49 +288,43 @@ def record_consent(
         now=now,
     )
     root = _lock_root(session, profile_id)
-    members = cluster_ids(session, root)
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            with session.begin_nested():
-                seen = set(
-                    session.scalars(
-                        select(ConsentRecord.purpose).where(
-                            ConsentRecord.source == source,
-                            ConsentRecord.source_event_id == source_event_id,
-                            ConsentRecord.profile_id.in_(members),
-                        )
-                    )
-                )
-                records = [
-                    ConsentRecord(
-                        profile_id=root,
-                        purpose=purpose,
-                        status=status,
-                        collected_at=collected_at,
-                        received_at=now,
-                        source=source,
-                        source_event_id=source_event_id,
-                        legal_basis=legal_basis,
-                        regulation=regulation,
-                        region=region,
-                        notice_version=notice_version,
-                        expires_at=expires_at,
-                        proof=proof,
-                    )
-                    for purpose, status in sorted(purposes.items())
-                    if purpose not in seen
-                ]
-                if not records:
-                    return []
-                session.add_all(records)
-                session.flush()
-                _refresh_projection(session, root, {r.purpose for r in records}, now)
-                return records
-        except IntegrityError:
-            # A concurrent delivery of the same event won the unique constraint; look again.
-            if attempt == _ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    members = select(Profile.id).where((Profile.id == root) | (Profile.merged_into_id == root))
+    seen = set(
+        session.scalars(
+            select(ConsentRecord.purpose).where(
+                ConsentRecord.source == source,
+                ConsentRecord.source_event_id == source_event_id,
+                ConsentRecord.profile_id.in_(members),
+            )
+        )
+    )
+    records = [
+        ConsentRecord(
+            profile_id=root,
+            purpose=purpose,
+            status=status,
+            collected_at=collected_at,
+            received_at=now,
+            source=source,
+            source_event_id=source_event_id,
+            legal_basis=legal_basis,
+            regulation=regulation,
+            region=region,
+            notice_version=notice_version,
+            expires_at=expires_at,
+            proof=proof,
+        )
+        for purpose, status in sorted(purposes.items())
+        if purpose not in seen
+    ]
+    if not records:
+        return []
+    # No savepoint/retry is needed for the unique constraint: the root's row lock makes a concurrent delivery
+    # of the same event wait, and its check then sees these rows (READ COMMITTED reads committed rows afresh).
+    session.add_all(records)
+    session.flush()
+    _advance_projection(session, root, records, now)
+    return records
 
 
 def records_for_event(session: Session, profile_id: str, source: str, source_event_id: str) -> list[ConsentRecord]:
@@ -352,49 +348,44 @@ def records_for_event(session: Session, profile_id: str, source: str, source_eve
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _facts(session: Session, profile_id: str, purposes: set[str] | None = None) -> list[ConsentFact]:
-    query = select(
-        ConsentRecord.id,
-        ConsentRecord.purpose,
-        ConsentRecord.status,
-        ConsentRecord.collected_at,
-        ConsentRecord.expires_at,
-        ConsentRecord.source,
-    ).where(ConsentRecord.profile_id == profile_id)
-    if purposes is not None:
-        query = query.where(ConsentRecord.purpose.in_(sorted(purposes)))
-    return [
-        ConsentFact(
-            id=r.id,
-            purpose=r.purpose,
-            status=r.status,
-            collected_at=r.collected_at,
-            expires_at=r.expires_at,
-            source=r.source,
-        )
-        for r in session.execute(query)
-    ]
-
-
-def _refresh_projection(session: Session, profile_id: str, purposes: set[str], now: datetime) -> None:
-    latest = ConsentLedger(_facts(session, profile_id, purposes)).latest_by_purpose()
-    existing = {
+def _advance_projection(session: Session, profile_id: str, records: list[ConsentRecord], now: datetime) -> None:
+    """Fold new rows into the profile's projection: each purpose keeps whichever of its current row and the new
+    fact sorts last in force order (``latest_by_purpose`` of the two). Equal to a rebuild as long as the
+    projection was (``verify_projection`` proves it)."""
+    rows = {
         row.purpose: row
         for row in session.scalars(
             select(ConsentState).where(
-                ConsentState.profile_id == profile_id, ConsentState.purpose.in_(sorted(purposes))
+                ConsentState.profile_id == profile_id, ConsentState.purpose.in_(sorted({r.purpose for r in records}))
             )
         )
     }
-    for purpose, fact in latest.items():
-        row = existing.get(purpose)
+    for record in records:
+        fact = ConsentFact(
+            id=record.id,
+            purpose=record.purpose,
+            status=record.status,
+            collected_at=record.collected_at,
+            expires_at=record.expires_at,
+            source=record.source,
+        )
+        row = rows.get(record.purpose)
         if row is None:
-            session.add(_state_row(profile_id, fact, now))
-        elif row.record_id != fact.id:
+            rows[record.purpose] = _state_row(profile_id, fact, now)
+            session.add(rows[record.purpose])
+            continue
+        current = ConsentFact(
+            id=row.record_id,
+            purpose=row.purpose,
+            status=row.status,
+            collected_at=row.collected_at,
+            expires_at=row.expires_at,
+        )
+        if ConsentLedger([current, fact]).latest_by_purpose()[record.purpose] is fact:
             row.status = fact.status
             row.collected_at = fact.collected_at
             row.expires_at = fact.expires_at
-            row.record_id = int(fact.id)
+            row.record_id = record.id
             row.updated_at = now
     session.flush()
 

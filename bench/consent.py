@@ -1,0 +1,290 @@
+"""Consent benchmarks on a throwaway PostgreSQL database (issue #4).
+
+Run: ``.venv/bin/python bench/consent.py [--postgres-url URL] [section ...]``
+
+Sections:
+
+* ``webhooks`` — CMP webhook ingest rate. hub's app runs in this process under waitress (``--threads``
+  request threads, as ``hub serve`` runs it); ``--clients`` separate client processes post signed ``generic``
+  webhooks (HMAC, two purposes each, subjects drawn from a pool so some deliveries create a profile and others
+  find one) with ``requests.Session`` as fast as the server answers. Every request is the full path: source
+  lookup, HMAC check, inbox row committed on its own, JSON parse, adapter, identity resolution, two ledger rows,
+  projection, inbox status, commit. Target: >= 500 webhooks/s.
+* ``lookup`` — ``consent_at`` cost with 1,000,000 ledger rows for 100,000 profiles bulk-loaded with COPY: time
+  ``load_ledger(session, profile).at(purpose, when)`` (canonical id, cluster, the person's records, evaluation)
+  for random profiles. Target: p99 < 2 ms.
+
+The database is created for the run and dropped afterwards. PostgreSQL comes from ``--postgres-url`` or
+``HUB_BENCH_POSTGRES_URL`` / ``HUB_TEST_POSTGRES_URL`` (an admin URL such as postgresql://root@127.0.0.1/postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+import requests
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
+
+from hub import migrate
+from hub.cmp.auth import sign_hmac
+from hub.config import Settings
+from hub.consent.policy import PURPOSES
+
+WEBHOOK_TARGET = 500.0
+LOOKUP_P99_TARGET_MS = 2.0
+SECRET = "bench-secret-bench-secret-bench-secret"  # noqa: S105 (throwaway benchmark source)
+
+
+def _admin_url(args: argparse.Namespace) -> str | None:
+    return args.postgres_url or os.environ.get("HUB_BENCH_POSTGRES_URL") or os.environ.get("HUB_TEST_POSTGRES_URL")
+
+
+@contextmanager
+def throwaway_postgres(admin_url: str) -> Iterator[str]:
+    admin = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"hub_bench_consent_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _settings(url: str, data_dir: Path) -> Settings:
+    return Settings(
+        env="test",
+        data_dir=data_dir,
+        database_url=url,
+        secret_key="bench-secret-key-that-is-long-enough-0123456789",  # noqa: S106
+        encryption_keys=(Fernet.generate_key().decode(),),
+        graph_url="http://127.0.0.1:9",
+    )
+
+
+# -- webhooks ------------------------------------------------------------------------------------------------
+
+
+def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], list[float]]:
+    base, worker, count, pool, seed = args
+    rng = random.Random(seed)
+    session = requests.Session()
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    for index in range(count):
+        person = rng.randrange(pool)
+        body = json.dumps(
+            {
+                "id": f"bench-{worker}-{index}",
+                "collected_at": (datetime(2026, 11, 28, tzinfo=UTC) + timedelta(seconds=index)).isoformat(),
+                "subject": {"email": f"person{person}@bench.example", "external_id": f"crm-{person}"},
+                "region": "DE",
+                "purposes": {
+                    "ad_user_data": rng.choice(["granted", "denied"]),
+                    "ad_personalization": rng.choice(["granted", "denied"]),
+                },
+            }
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Hub-Signature": sign_hmac(SECRET.encode(), body, int(time.time())),
+        }
+        started = time.perf_counter()
+        response = session.post(f"{base}/webhooks/cmp/bench", data=body, headers=headers, timeout=60)
+        latencies.append(time.perf_counter() - started)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+    return worker, statuses, latencies
+
+
+def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
+    from waitress.server import create_server
+
+    from hub.app import create_app
+    from hub.cmp.sources import create_source
+    from hub.db import session_scope, utcnow
+
+    app = create_app(_settings(url, data_dir))
+    with session_scope(app.extensions["hub.sessionmaker"]) as session:
+        create_source(
+            session,
+            app.extensions["hub.encryptor"],
+            name="bench",
+            adapter="generic",
+            authenticator="hmac",
+            secret=SECRET,
+            now=utcnow(),
+        )
+    server = create_server(app, host="127.0.0.1", port=0, threads=args.threads)
+    port = server.effective_port  # type: ignore[union-attr]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+
+    per_client = args.requests // args.clients
+    # Warm-up: connection pools, imports, first plans.
+    _client((base, 999, 50, args.pool, 0))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.clients) as pool:
+        started = time.perf_counter()
+        results = pool.map(_client, [(base, w, per_client, args.pool, w + 1) for w in range(args.clients)])
+        elapsed = time.perf_counter() - started
+    server.close()
+    app.extensions["hub.engine"].dispose()
+
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    for _worker, result_statuses, result_latencies in results:
+        for status, n in result_statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+        latencies.extend(result_latencies)
+    total = sum(statuses.values())
+    rate = total / elapsed
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000
+
+    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+        records = conn.execute("SELECT count(*) FROM consent_records").fetchone()[0]
+        profiles = conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
+        inbox = dict(conn.execute("SELECT status, count(*) FROM cmp_inbox GROUP BY status").fetchall())
+    ok = statuses.get(200, 0) == total and rate >= WEBHOOK_TARGET
+    print(
+        f"webhooks: {total} signed generic deliveries from {args.clients} client processes to waitress "
+        f"({args.threads} threads) in {elapsed:.2f} s = {rate:.0f} webhooks/s "
+        f"(target >= {WEBHOOK_TARGET:.0f}) {'OK' if rate >= WEBHOOK_TARGET else 'BELOW TARGET'}"
+    )
+    print(f"  statuses {statuses}; request latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"  database: {records} consent records, {profiles} profiles, inbox {inbox}")
+    return ok
+
+
+# -- lookup ------------------------------------------------------------------------------------------------
+
+
+def bench_lookup(url: str, args: argparse.Namespace) -> bool:
+    from hub.consent.ledger import load_ledger
+    from hub.db import create_db_engine, make_sessionmaker
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    rng = random.Random(7)
+    profiles = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(args.profiles)]
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    started = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor() as cursor:
+            with cursor.copy("COPY profiles (id, created_at, updated_at) FROM STDIN") as copy:
+                stamp = base.isoformat()
+                for pid in profiles:
+                    copy.write_row((pid, stamp, stamp))
+            per_profile = args.rows // args.profiles
+            with cursor.copy(
+                "COPY consent_records (profile_id, purpose, status, collected_at, received_at, source, "
+                "source_event_id, expires_at, proof) FROM STDIN"
+            ) as copy:
+                for pid in profiles:
+                    for n in range(per_profile):
+                        collected = base + timedelta(minutes=rng.randrange(500_000))
+                        expires = collected + timedelta(days=395) if rng.random() < 0.2 else None
+                        copy.write_row(
+                            (
+                                pid,
+                                PURPOSES[rng.randrange(len(PURPOSES))],
+                                "granted" if rng.random() < 0.6 else "denied",
+                                collected,
+                                collected,
+                                "cmp:bench",
+                                f"e{n}",
+                                expires,
+                                '{"body_sha256": "0"}',
+                            )
+                        )
+        conn.commit()
+        conn.execute("ANALYZE profiles")
+        conn.execute("ANALYZE consent_records")
+        conn.commit()
+        rows = conn.execute("SELECT count(*) FROM consent_records").fetchone()[0]
+    loaded = time.perf_counter() - started
+    print(f"lookup: loaded {rows} consent records for {len(profiles)} profiles in {loaded:.1f} s")
+
+    engine = create_db_engine(url)
+    factory = make_sessionmaker(engine)
+    timings: list[float] = []
+    with factory() as session:
+        for _ in range(200):  # warm-up
+            load_ledger(session, rng.choice(profiles)).at("ad_user_data", base + timedelta(days=200))
+        session.rollback()
+        for _ in range(args.lookups):
+            pid = rng.choice(profiles)
+            when = base + timedelta(minutes=rng.randrange(500_000))
+            purpose = PURPOSES[rng.randrange(len(PURPOSES))]
+            begin = time.perf_counter()
+            load_ledger(session, pid).at(purpose, when)
+            timings.append(time.perf_counter() - begin)
+        session.rollback()
+    engine.dispose()
+    timings.sort()
+    p50 = statistics.median(timings) * 1000
+    p99 = timings[int(len(timings) * 0.99)] * 1000
+    ok = p99 < LOOKUP_P99_TARGET_MS
+    print(
+        f"lookup: consent_at (load_ledger + at) over {len(timings)} random profiles: p50 {p50:.3f} ms, "
+        f"p99 {p99:.3f} ms (target p99 < {LOOKUP_P99_TARGET_MS} ms) {'OK' if ok else 'ABOVE TARGET'}"
+    )
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", metavar="{webhooks,lookup}", default=[])
+    parser.add_argument("--postgres-url")
+    parser.add_argument("--requests", type=int, default=10_000, help="webhooks to send")
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--threads", type=int, default=8, help="waitress request threads")
+    parser.add_argument("--pool", type=int, default=5_000, help="distinct subjects the webhooks are about")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows for the lookup benchmark")
+    parser.add_argument("--profiles", type=int, default=100_000, help="profiles for the lookup benchmark")
+    parser.add_argument("--lookups", type=int, default=10_000)
+    args = parser.parse_args()
+    sections = args.sections or ["webhooks", "lookup"]
+    unknown = set(sections) - {"webhooks", "lookup"}
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    admin_url = _admin_url(args)
+    if admin_url is None:
+        print("no PostgreSQL URL (--postgres-url, HUB_BENCH_POSTGRES_URL or HUB_TEST_POSTGRES_URL); nothing to run")
+        return 2
+    print(f"cpu count {os.cpu_count()}, python {sys.version.split()[0]}")
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as directory:
+        if "webhooks" in sections:
+            with throwaway_postgres(admin_url) as url:
+                ok &= bench_webhooks(url, args, Path(directory))
+        if "lookup" in sections:
+            with throwaway_postgres(admin_url) as url:
+                ok &= bench_lookup(url, args)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
