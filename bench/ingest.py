@@ -1,0 +1,291 @@
+"""Ingestion benchmark: hub under gunicorn (2 workers) on PostgreSQL, loaded from separate processes.
+
+Run: ``.venv/bin/python bench/ingest.py [--seconds 20] [--clients 8] [--postgres URL]``
+
+What it does, end to end:
+
+1. creates a throwaway PostgreSQL database (dropped at the end), runs ``hub db upgrade`` and
+   ``hub api-key create --scope ingest`` against it;
+2. starts ``gunicorn -w 2 'hub.app:create_app()'`` with ``HUB_DATABASE_URL`` pointing at it;
+3. from ``--clients`` load-generator *processes* (one persistent HTTP connection each), posts for ``--seconds``:
+   first batches of 100 events, then single events; every request's latency is recorded;
+4. prints events/s and requests/s, p50/p99 latency per phase, and the peak RSS (``VmHWM``) of each gunicorn
+   worker, with the targets next to them.
+
+Events are realistic for a shop: 60 % carry an email + external_id drawn from a pool of 5,000 people (so most
+resolve to an existing profile, some create one), 40 % are anonymous page views with only a ``_fbp`` cookie.
+Every event has a unique event_id, so all are accepted (the benchmark checks that).
+
+Targets (issue #5): >= 5,000 events/s batched, >= 500 single-event requests/s, p99 < 100 ms for single events,
+RSS < 250 MB per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TARGETS = {"batched_events_per_s": 5000, "single_requests_per_s": 500, "single_p99_ms": 100, "rss_mb": 250}
+POOL = 5000
+REGIONS = ("US-CA", "DE", "FR", "US-TX", "GB")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_event(rng: random.Random, now: int) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": uuid.uuid4().hex,
+        "occurred_at": now - rng.randint(0, 60),
+        "action_source": "website",
+        "source_url": "https://shop.example/p/" + str(rng.randint(1, 500)),
+    }
+    person = rng.randrange(POOL)
+    # A person lives somewhere: the region is theirs, not re-drawn per event (which would rewrite the profile).
+    event["context"] = {"region": REGIONS[person % len(REGIONS)]}
+    if rng.random() < 0.6:
+        event["event"] = "order_completed"
+        event["user"] = {
+            "email": f"person{person}@shop.example",
+            "external_id": f"crm-{person}",
+            "fbp": f"fb.1.1764300000000.{1000000 + person}",
+            "ip_address": f"203.0.113.{person % 250 + 1}",
+            "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15",
+        }
+        event["properties"] = {"total": round(rng.uniform(5, 300), 2), "currency": "USD", "order_id": uuid.uuid4().hex}
+    else:
+        event["event"] = "page_view"
+        event["user"] = {"fbp": f"fb.1.1764300000000.{rng.randint(10**8, 10**9)}"}
+        event["properties"] = {"path": "/p/" + str(rng.randint(1, 500))}
+    return event
+
+
+def load_worker(port: int, key: str, batch: int, seconds: float, seed: int, out: Any) -> None:
+    """One client process: one persistent connection, requests back to back, latencies recorded."""
+    rng = random.Random(seed)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    latencies: list[float] = []
+    events = accepted = errors = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        now = int(time.time())
+        items = [make_event(rng, now) for _ in range(batch)]
+        body = json.dumps({"events": items} if batch > 1 else items[0]).encode()
+        start = time.perf_counter()
+        try:
+            connection.request("POST", "/api/v1/events", body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            continue
+        latencies.append(time.perf_counter() - start)
+        if response.status != 202:
+            errors += 1
+            continue
+        events += batch
+        accepted += sum(1 for r in json.loads(payload)["results"] if r["status"] == "accepted")
+        if response.getheader("Connection", "").lower() == "close":
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out.put({"latencies": latencies, "events": events, "accepted": accepted, "errors": errors})
+
+
+def run_phase(port: int, key: str, *, batch: int, clients: int, seconds: float) -> dict[str, Any]:
+    queue: mp.Queue = mp.Queue()
+    workers = [
+        mp.Process(target=load_worker, args=(port, key, batch, seconds, 1000 * batch + i, queue))
+        for i in range(clients)
+    ]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    parts = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    requests = len(latencies)
+
+    def pct(q: float) -> float:
+        return latencies[min(requests - 1, int(q * requests))] * 1000 if requests else float("nan")
+
+    return {
+        "batch": batch,
+        "requests": requests,
+        "events": sum(p["events"] for p in parts),
+        "accepted": sum(p["accepted"] for p in parts),
+        "errors": sum(p["errors"] for p in parts),
+        "seconds": elapsed,
+        "requests_per_s": requests / elapsed,
+        "events_per_s": sum(p["events"] for p in parts) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+    }
+
+
+def worker_pids(master: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (after the parenthesised command name) is the parent pid.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hub_cli(args: Sequence[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [PYTHON, "-m", "hub.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"hub {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def wait_until_up(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("gunicorn exited during start-up")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("gunicorn did not answer /healthz in time")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each measured phase")
+    parser.add_argument("--clients", type=int, default=8, help="load-generator processes (connections)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("HUB_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres"),
+        help="an admin URL of a PostgreSQL server where a throwaway database may be created",
+    )
+    args = parser.parse_args(argv)
+
+    admin = make_url(args.postgres).set(drivername="postgresql")
+    name = f"hub_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    data_dir = tempfile.mkdtemp(prefix="hub-bench-")
+    env = {
+        **os.environ,
+        "HUB_DATABASE_URL": admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        ),
+        "HUB_DATA_DIR": data_dir,
+        "HUB_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "HUB_SECRET_KEY": uuid.uuid4().hex * 2,
+        "PYTHONPATH": str(ROOT),
+    }
+    server: subprocess.Popen | None = None
+    try:
+        hub_cli(["db", "upgrade"], env)
+        key = hub_cli(["api-key", "create", "--name", "bench", "--scope", "ingest"], env).strip().splitlines()[0]
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(args.workers),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "hub.app:create_app()",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        wait_until_up(port, server)
+        # Warm-up: imports, caches and connection pools of both workers.
+        run_phase(port, key, batch=100, clients=args.clients, seconds=2)
+        run_phase(port, key, batch=1, clients=args.clients, seconds=2)
+
+        batched = run_phase(port, key, batch=100, clients=args.clients, seconds=args.seconds)
+        single = run_phase(port, key, batch=1, clients=args.clients, seconds=args.seconds)
+        rss = {pid: peak_rss_mb(pid) for pid in worker_pids(server.pid)}
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    print(f"hub ingestion benchmark: gunicorn {args.workers} workers, {args.clients} client processes, PostgreSQL")
+    print(f"cpus: {os.cpu_count()} (server, PostgreSQL and load generator share them)")
+    for label, phase in (("batches of 100", batched), ("single events", single)):
+        print(
+            f"{label:>15}: {phase['events_per_s']:8.0f} events/s  {phase['requests_per_s']:7.0f} requests/s  "
+            f"p50 {phase['p50_ms']:6.1f} ms  p99 {phase['p99_ms']:6.1f} ms  "
+            f"({phase['events']} events, {phase['accepted']} accepted, {phase['errors']} errors, "
+            f"{phase['seconds']:.1f} s)"
+        )
+    for pid, mb in rss.items():
+        print(f"worker {pid}: peak RSS {mb:.0f} MB")
+    checks = {
+        "batched events/s >= 5000": batched["events_per_s"] >= TARGETS["batched_events_per_s"],
+        "single requests/s >= 500": single["requests_per_s"] >= TARGETS["single_requests_per_s"],
+        "single p99 < 100 ms": single["p99_ms"] < TARGETS["single_p99_ms"],
+        "RSS < 250 MB per worker": bool(rss) and max(rss.values()) < TARGETS["rss_mb"],
+        "every event accepted": batched["accepted"] == batched["events"] and single["accepted"] == single["events"],
+    }
+    for label, ok in checks.items():
+        print(f"  [{'met' if ok else 'MISSED'}] {label}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
