@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_htmx import HTMX
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hub.config import Settings, check_database_url, load_settings
 from hub.db import create_db_engine, make_sessionmaker
@@ -67,6 +68,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
     )
+
+    if settings.trusted_proxies:
+        # Behind N reverse proxies the client address is in X-Forwarded-For; without this, every browser event
+        # would carry the proxy's IP. Trusting more hops than really exist would let clients spoof their IP.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
 
     engine = create_db_engine(settings.database_url)
     sessionmaker = make_sessionmaker(engine)

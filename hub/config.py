@@ -40,6 +40,7 @@ class Settings:
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 3600.0
     max_body_bytes: int = 5_000_000
+    trusted_proxies: int = 0
     # Not part of the public contract: knobs for tests and embedding.
     extra: Mapping[str, object] = field(default_factory=dict)
 
@@ -193,4 +194,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_base_seconds=retry_base,
         retry_max_seconds=retry_max,
         max_body_bytes=_int(env, "HUB_MAX_BODY_BYTES", 5_000_000),
+        trusted_proxies=_int(env, "HUB_TRUSTED_PROXIES", 0),
     )

@@ -64,3 +64,34 @@ def test_htmx_is_served_locally(client: FlaskClient) -> None:
         assert b"htmx" in response.data[:2000]
     finally:
         response.close()
+
+
+def test_client_address_behind_a_trusted_proxy(settings, session_factory) -> None:
+    from flask import request
+
+    from hub.app import create_app
+
+    app = create_app(settings.with_overrides(trusted_proxies=1))
+    app.extensions["hub.sessionmaker"] = session_factory
+
+    @app.get("/_test/remote")
+    def remote() -> str:
+        return request.remote_addr or ""
+
+    try:
+        client = app.test_client()
+        seen = client.get("/_test/remote", headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
+        assert seen.get_data(as_text=True) == "203.0.113.9", "only the last hop, added by our proxy, is trusted"
+    finally:
+        app.extensions["hub.engine"].dispose()
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(app, client) -> None:
+    from flask import request
+
+    @app.get("/_test/remote")
+    def remote() -> str:
+        return request.remote_addr or ""
+
+    seen = client.get("/_test/remote", headers={"X-Forwarded-For": "198.51.100.7"})
+    assert seen.get_data(as_text=True) == "127.0.0.1"
