@@ -281,6 +281,254 @@ def _check_same_identifiers(events: Sequence[CapiEventInput], now: datetime) -> 
 add_section("payload", "CAPI payload building: hub vs the official SDK", _configure_payload, _run_payload)
 
 
+# -- worker section: the whole scheduler on PostgreSQL against the sandbox -----------------------------------
+#
+#     .venv/bin/python bench/dispatch.py worker [--events 100000] [--workers 1,2] [--pg-url postgresql://...]
+#
+# Creates a throwaway PostgreSQL database (dropped at the end), migrates it, adds a destination, a mapping and N
+# website events past the consent grace period in an opt-out region (so each is decided "send" again at send
+# time), starts the sandbox in its own process (waitress), then for each worker count resets the events to
+# pending and runs that many `hub worker --once` processes at once. Reports events/s (total and per worker) and
+# each worker's peak RSS (from wait4's rusage).
+
+
+def _configure_worker(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument("--events", type=int, default=100_000, help="backlog size (default 100000)")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to run (default 1,2)")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("HUB_BENCH_POSTGRES_URL") or "postgresql://root@127.0.0.1:5432/postgres",
+        help="an admin URL of a PostgreSQL server (a throwaway database is created there)",
+    )
+    parser.add_argument("--sandbox-threads", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1000, help="HUB_DELIVERY_BATCH_SIZE for the workers")
+    parser.add_argument("--keep", action="store_true", help="keep the database (for profiling)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _seed_backlog(url: str, key: str, count: int) -> None:
+    from sqlalchemy import insert
+
+    from hub.config import Settings
+    from hub.db import create_db_engine, make_sessionmaker, session_scope
+    from hub.delivery.destinations import create_destination
+    from hub.encryption import FieldEncryptor
+    from hub.events.models import Event
+    from hub.mappings.services import create_mapping
+
+    encryptor = FieldEncryptor([key])
+    engine = create_db_engine(url)
+    cfg = Settings(env="development", database_url=url, encryption_keys=(key,))
+    with session_scope(make_sessionmaker(engine)) as session:
+        create_destination(
+            session,
+            encryptor,
+            {"name": "bench", "pixel_id": "1234567890", "access_token": "EAAB-bench"},
+            settings=cfg,
+            actor="bench",
+        )
+        create_mapping(
+            session,
+            {
+                "source_event": "order_completed",
+                "event_name": "Purchase",
+                "action_source": "website",
+                "custom_data": {
+                    "value": "properties.total",
+                    "currency": "properties.currency",
+                    "order_id": "properties.order_id",
+                    "content_ids": "properties.items[].sku",
+                },
+            },
+            actor="bench",
+        )
+    now = datetime.now(UTC)
+    rng = random.Random(7)
+    chunk = 5000
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for first in range(0, count, chunk):
+            rows = []
+            for i in range(first, min(count, first + chunk)):
+                hashes = {"em": _sha(f"person{i}@example.com"), "external_id": _sha(f"crm-{i}")}
+                if i % 3 == 0:
+                    hashes["ph"] = _sha(f"1650555{i % 10000:04d}")
+                browser = {
+                    "client_ip_address": f"203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+                    "client_user_agent": USER_AGENTS[i % len(USER_AGENTS)],
+                    "fbp": f"fb.1.{1764300000000 + i}.{rng.randrange(10**9, 10**10)}",
+                }
+                rows.append(
+                    {
+                        "event_id": f"bench-{i}",
+                        "source_event": "order_completed",
+                        "occurred_at": now - timedelta(minutes=30, seconds=i % 600),
+                        "received_at": now - timedelta(minutes=20),
+                        "action_source": "website",
+                        "source_url": f"https://shop.example/thanks?o={i}",
+                        "user_data_encrypted": encryptor.encrypt_json({"hashes": hashes, "browser": browser}),
+                        "region": "US",
+                        "suppressed": False,
+                        "properties": {
+                            "total": round(rng.uniform(5, 500), 2),
+                            "currency": "USD",
+                            "order_id": f"o-{i}",
+                            "items": [{"sku": f"SKU-{i % 97}"}, {"sku": f"SKU-{i % 89}"}],
+                        },
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now - timedelta(minutes=18),
+                        "unknown_outcome_resends": 0,
+                    }
+                )
+            conn.execute(insert(Event), rows)
+    engine.dispose()
+    print(f"  seeded {count:,} events in {time.perf_counter() - started:.1f} s")
+
+
+def _reset_backlog(url: str) -> None:
+    from sqlalchemy import text
+
+    from hub.db import create_db_engine
+
+    engine = create_db_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE events SET status='pending', attempts=0, sent_at=NULL, delivered_attempt_id=NULL, "
+                "decision=NULL, decided_at=NULL, lease_owner=NULL, lease_expires_at=NULL, last_error=NULL, "
+                "next_attempt_at = now() - interval '18 minutes'"
+            )
+        )
+        conn.execute(text("DELETE FROM delivery_attempts"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE events"))
+    engine.dispose()
+
+
+def _count_sent(url: str) -> dict[str, int]:
+    from sqlalchemy import text
+
+    from hub.db import create_db_engine
+
+    engine = create_db_engine(url)
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text("SELECT status, count(*) FROM events GROUP BY status")).all())
+        dupes = conn.execute(text("SELECT coalesce(sum(unknown_outcome_resends), 0) FROM events")).scalar()
+    engine.dispose()
+    return {**counts, "unknown_outcome_resends": int(dupes or 0)}
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    import tempfile
+    import uuid
+
+    import psycopg
+    import requests
+    from cryptography.fernet import Fernet
+    from sqlalchemy.engine import make_url
+
+    from hub import migrate
+
+    admin = make_url(args.pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"hub_bench_{uuid.uuid4().hex[:8]}"
+    url = (
+        make_url(args.pg_url).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    )
+    key = Fernet.generate_key().decode()
+    hub_cli = str(Path(sys.executable).with_name("hub"))
+    port = _free_port()
+    graph = f"http://127.0.0.1:{port}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    sandbox = subprocess.Popen(
+        [hub_cli, "sandbox", "--port", str(port), "--threads", str(args.sandbox_threads)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        migrate.upgrade(url)
+        print(f"worker: {args.events:,} events on PostgreSQL ({name}), sandbox at {graph}")
+        _seed_backlog(url, key, args.events)
+        for _ in range(100):
+            try:
+                requests.get(f"{graph}/_sandbox/faults", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+        env.update(
+            {
+                "HUB_ENV": "development",
+                "HUB_DATA_DIR": tempfile.mkdtemp(prefix=name),
+                "HUB_DATABASE_URL": url,
+                "HUB_ENCRYPTION_KEY": key,
+                "HUB_SECRET_KEY": "bench-secret-key-0123456789-0123456789",
+                "HUB_GRAPH_URL": graph,
+                "HUB_CONSENT_GRACE_SECONDS": "120",
+                "HUB_DELIVERY_BATCH_SIZE": str(args.batch),
+            }
+        )
+        for count in [int(c) for c in args.workers.split(",") if c.strip()]:
+            _reset_backlog(url)
+            requests.delete(f"{graph}/_sandbox/events", timeout=10)
+            started = time.perf_counter()
+            procs = [
+                subprocess.Popen([hub_cli, "worker", "--once"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for _ in range(count)
+            ]
+            peaks = []
+            for proc in procs:
+                _pid, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                peaks.append(usage.ru_maxrss / 1024)  # Linux: kilobytes
+                if proc.returncode != 0:
+                    print(proc.stderr.read().decode() if proc.stderr else "", file=sys.stderr)
+                for stream in (proc.stdout, proc.stderr):
+                    if stream:
+                        stream.close()
+            seconds = time.perf_counter() - started
+            counts = _count_sent(url)
+            received = requests.get(f"{graph}/_sandbox/events?limit=0", timeout=10).json()["events_received_total"]
+            rate = counts.get("sent", 0) / seconds
+            print(
+                f"  {count} worker(s): {counts.get('sent', 0):,} sent in {seconds:.1f} s = {rate:,.0f} events/s "
+                f"({rate / count:,.0f} per worker); sandbox received {received:,}; "
+                f"unknown-outcome resends {counts['unknown_outcome_resends']}; "
+                f"peak RSS per worker: {', '.join(f'{p:.0f} MB' for p in peaks)}"
+            )
+            if count == 1:
+                print(f"    target >= 5,000 events/s with one worker: {'met' if rate >= 5000 else 'NOT met'}")
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+        if not args.keep:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            print(f"  kept database {url}")
+    return 0
+
+
+add_section(
+    "worker",
+    "the scheduler on PostgreSQL against the sandbox: events/s and peak RSS with 1 and 2 workers",
+    _configure_worker,
+    _run_worker,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hub dispatch benchmarks")
     sub = parser.add_subparsers(dest="section", required=True)

@@ -61,6 +61,7 @@ from hub.delivery.payload import MAX_EVENTS_PER_REQUEST, PayloadRejected, build_
 from hub.encryption import FieldEncryptor
 from hub.events.models import Event
 from hub.mappings.apply import apply_mapping
+from hub.mappings.models import EventMapping
 from hub.mappings.services import load_mapping_definitions
 from hub.metrics import Metrics
 from hub.profiles.models import Identity, Profile
@@ -244,73 +245,77 @@ def _claim_and_prepare(
             return groups, targets
         rules = load_rules(session)
         mappings = load_mapping_definitions(session)
+        # Held for the batch so decide_stored_event finds each mapping's destination in the identity map.
+        mapping_rows = list(session.scalars(select(EventMapping)))
         default = next((d for d in destinations.values() if d.is_default), None)
         people = _people(session, context.encryptor, {e.profile_id for e in events if e.profile_id})
         missing_destination = 0
-        for event in events:
-            stale_lease = event.lease_owner is not None
-            event.lease_owner = None
-            event.lease_expires_at = None
-            decision = decide_stored_event(
-                session,
-                event,
-                now=now,
-                settings=context.settings,
-                rules=rules,
-                mappings=mappings,
-                metrics=context.metrics,
-            )
-            if decision.outcome == "wait":
-                summary.waiting += 1
-                continue
-            if decision.outcome == "block":
-                summary.blocked += 1
-                continue
-            destination = destinations.get(event.destination_id) if event.destination_id is not None else default
-            if destination is None:
-                # Not routable: nothing configured yet. Kept (not lost) and looked at again shortly.
-                event.next_attempt_at = now + NO_DESTINATION_RETRY
-                event.last_error = {
-                    "reason": "no_destination",
-                    "message": "no destination is configured for this event (add one with `hub destination add`)",
-                    "at": _iso(now),
-                }
-                missing_destination += 1
-                summary.held += 1
-                continue
-            event.destination_id = destination.id
-            if destination.status == "paused":
-                summary.held += 1
-                continue
-            held_until = context.throttled_until.get(destination.id)
-            if held_until is not None and held_until > now:
-                event.next_attempt_at = held_until
-                summary.held += 1
-                continue
-            payload = _build(context, session, event, mappings, people, now, summary)
-            if payload is None:
-                continue
-            if destination.id not in targets:
-                target = _target(context, destination)
-                if target is None:
-                    pause_destination(
-                        session, destination.id, "no access token is set; add one and resume the destination", now=now
-                    )
-                    paused.append(destination.id)
+        # One flush for the whole batch at commit (executemany), not an autoflush before every query per event.
+        with session.no_autoflush:
+            for event in events:
+                stale_lease = event.lease_owner is not None
+                event.lease_owner = None
+                event.lease_expires_at = None
+                decision = decide_stored_event(
+                    session,
+                    event,
+                    now=now,
+                    settings=context.settings,
+                    rules=rules,
+                    mappings=mappings,
+                    metrics=context.metrics,
+                )
+                if decision.outcome == "wait":
+                    summary.waiting += 1
+                    continue
+                if decision.outcome == "block":
+                    summary.blocked += 1
+                    continue
+                destination = destinations.get(event.destination_id) if event.destination_id is not None else default
+                if destination is None:
+                    # Not routable: nothing configured yet. Kept (not lost) and looked at again shortly.
+                    event.next_attempt_at = now + NO_DESTINATION_RETRY
+                    event.last_error = {
+                        "reason": "no_destination",
+                        "message": "no destination is configured for this event (add one with `hub destination add`)",
+                        "at": _iso(now),
+                    }
+                    missing_destination += 1
                     summary.held += 1
                     continue
-                targets[destination.id] = target
-            if stale_lease:
-                # Claimed before by a worker whose lease ran out: it may have sent this event. Resent with the same
-                # event_id; counted so an operator sees it (Meta does not dedup server events, capi.md §8).
-                event.unknown_outcome_resends += 1
-                summary.unknown_outcome_resends += 1
-                context.metrics.unknown_outcome_resends.inc()
-            event.lease_owner = context.worker_id
-            event.lease_expires_at = now + timedelta(seconds=context.options.lease_seconds)
-            groups.setdefault(destination.id, []).append(
-                _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
-            )
+                event.destination_id = destination.id
+                if destination.status == "paused":
+                    summary.held += 1
+                    continue
+                held_until = context.throttled_until.get(destination.id)
+                if held_until is not None and held_until > now:
+                    event.next_attempt_at = held_until
+                    summary.held += 1
+                    continue
+                payload = _build(context, session, event, mappings, people, now, summary)
+                if payload is None:
+                    continue
+                if destination.id not in targets:
+                    target = _target(context, destination)
+                    if target is None:
+                        reason = "no access token is set; add one and resume the destination"
+                        pause_destination(session, destination.id, reason, now=now)
+                        paused.append(destination.id)
+                        summary.held += 1
+                        continue
+                    targets[destination.id] = target
+                if stale_lease:
+                    # Claimed before by a worker whose lease ran out: it may have sent this event. Resent with the same
+                    # event_id; counted so an operator sees it (Meta does not dedup server events, capi.md §8).
+                    event.unknown_outcome_resends += 1
+                    summary.unknown_outcome_resends += 1
+                    context.metrics.unknown_outcome_resends.inc()
+                event.lease_owner = context.worker_id
+                event.lease_expires_at = now + timedelta(seconds=context.options.lease_seconds)
+                groups.setdefault(destination.id, []).append(
+                    _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
+                )
+        del mapping_rows
         if missing_destination:
             log.warning("%d event(s) are waiting for a destination: none is configured", missing_destination)
     return groups, targets

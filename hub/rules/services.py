@@ -301,9 +301,9 @@ def decide_stored_event(
         return decision
     destination = decision.destination if isinstance(decision.destination, int) else None
     if destination is None and event.mapping_id is not None:
-        destination = session.execute(
-            select(EventMapping.destination_id).where(EventMapping.id == event.mapping_id)
-        ).scalar_one_or_none()
+        # session.get: the identity map answers (load_mapping_definitions loaded the rows), not one query per event.
+        mapping_row = session.get(EventMapping, event.mapping_id)
+        destination = mapping_row.destination_id if mapping_row is not None else None
     if destination is not None:
         event.destination_id = destination
     return decision
