@@ -28,7 +28,7 @@ import ipaddress
 import re
 import time
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from types import MappingProxyType
@@ -237,6 +237,12 @@ def phone_region(value: str | None) -> str | None:
 _PHONE_FAST_SHAPE = re.compile(r"\+?[0-9\s().\-/]+")
 _PHONE_SEPARATORS = re.compile(r"[\s().\-/]+")
 _CALLING_CODES = frozenset(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+# The ASCII characters _PHONE_SEPARATORS matches (derived from it, so the two cannot disagree): for ASCII
+# input, deleting them with bytes.translate gives what the shape check plus re.sub give, several times
+# faster, and every other character (letters, a second "+") is left behind to fail isdigit().
+_ASCII_PHONE_SEPARATORS = bytes(code for code in range(128) if _PHONE_SEPARATORS.fullmatch(chr(code)))
+# Calling codes by their digits; a prefix without a leading zero spells its code exactly.
+_CALLING_CODE_BY_DIGITS = {str(code): code for code in _CALLING_CODES}
 _MIN_NSN, _MAX_NSN = 2, 17  # phonenumbers' limits on the national significant number
 _PARSE_KEEPS_ORIGINAL = frozenset({_REASON.TOO_SHORT, _REASON.IS_POSSIBLE_LOCAL_ONLY, _REASON.INVALID_LENGTH})
 
@@ -305,18 +311,24 @@ def _length_reason(country_code: int, national: str) -> phonenumbers.ValidationR
 def _fast_phone_parts(text: str, region: str | None) -> tuple[int, str] | None:
     """(calling code, national number) as phonenumbers.parse(text, region) reads them, or None when
     only parse can tell."""
-    if _PHONE_FAST_SHAPE.fullmatch(text) is None:
-        return None
-    international = text[0] == "+"
-    digits = _PHONE_SEPARATORS.sub("", text[1:] if international else text)
-    if len(digits) < 3 or not digits.isascii() or not digits.isdigit():
-        return None  # parse() finds fewer than 3 digits among punctuation not viable
+    international = text[:1] == "+"
+    if text.isascii():
+        packed = (text[1:] if international else text).encode().translate(None, _ASCII_PHONE_SEPARATORS)
+        if len(packed) < 3 or not packed.isdigit():
+            return None  # not digits and separators, or fewer than 3 digits (parse() finds them not viable)
+        digits = packed.decode()
+    else:
+        if _PHONE_FAST_SHAPE.fullmatch(text) is None:
+            return None
+        digits = _PHONE_SEPARATORS.sub("", text[1:] if international else text)
+        if len(digits) < 3 or not digits.isascii() or not digits.isdigit():
+            return None
     if international:
         if digits[0] == "0":
             return None
         for length in (1, 2, 3):  # calling codes are prefix-free
-            country_code = int(digits[:length])
-            if country_code in _CALLING_CODES:
+            country_code = _CALLING_CODE_BY_DIGITS.get(digits[:length])
+            if country_code is not None:
                 break
         else:
             return None
@@ -367,6 +379,14 @@ def _fast_phone_parts(text: str, region: str | None) -> tuple[int, str] | None:
     return plan.country_code, stripped
 
 
+def _first_phone_region(regions: Sequence[str | None]) -> str | None:
+    for value in regions:
+        region = phone_region(value)
+        if region is not None:
+            return region
+    return None
+
+
 def _parse_phone(value: str, region: str | None) -> phonenumbers.PhoneNumber:
     try:
         return phonenumbers.parse(value, region)
@@ -407,7 +427,7 @@ def normalize_phone(value: str, regions: Sequence[str | None] = ()) -> str:
         # "00" is the ITU-recommended international prefix, but some countries dial abroad with
         # another one (US 011, AU 0011). Let the caller's region read its own prefix first, then fall
         # back to reading "00" as "+".
-        region = next(filter(None, map(phone_region, regions)), None)
+        region = _first_phone_region(regions)
         number = None
         if region is not None:
             try:
@@ -421,7 +441,7 @@ def normalize_phone(value: str, regions: Sequence[str | None] = ()) -> str:
     else:
         region = None
         if text[0] != "+":
-            region = next(filter(None, map(phone_region, regions)), None)
+            region = _first_phone_region(regions)
             if region is None:
                 raise IdentifierError(
                     "phone",
@@ -834,6 +854,8 @@ _MD5_MESSAGE = "looks like an MD5 hash; Meta only matches SHA-256 hashes, so sen
 _Entry = tuple[str, str]
 _ABSENT: _Entry = ("", "")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_HASH_LENGTHS = (32, 64)  # MD5 and SHA-256 hex digests; a value of any other length cannot be either
+_sha256 = hashlib.sha256
 
 
 def _prehashed(field: str, stripped: str) -> _Entry | None:
@@ -848,30 +870,55 @@ def _prehashed(field: str, stripped: str) -> _Entry | None:
 
 
 def _entry(normalized: str) -> _Entry:
-    return (normalized, sha256_hex(normalized)) if normalized else _ABSENT
+    # hashlib directly: the emptiness check sha256_hex makes is the condition here.
+    return (normalized, _sha256(normalized.encode("utf-8")).hexdigest()) if normalized else _ABSENT
 
 
+# Entry functions, one per hashed field, so normalize_user calls each without dispatching on the field.
+#
 # Names, cities, states, ZIPs, countries, birth dates and genders repeat across people and events, so
-# their whole normalize-and-hash step is cached; e-mails, phones and external IDs are hashed each time.
+# their whole normalize-and-hash step is cached, keyed by the raw text alone (functools.lru_cache keys a
+# single str argument by the string itself, the cheapest lookup it has). Inside, the uncached
+# normalizer (``__wrapped__``) is called where the public one has its own cache: the entry cache already
+# remembers the outcome, storing it twice would only cost time on every new value.
+# E-mails, phones and external IDs are unique per person and are hashed each time.
+
+
 @functools.lru_cache(maxsize=65536)
-def _repeated_entry(field: str, text: str, country: str) -> _Entry:
-    stripped = text.strip()
-    prehashed = _prehashed(field, stripped)
-    if prehashed is not None:
-        return prehashed
-    if field == "first_name" or field == "last_name":
-        return _entry(normalize_name(text))
-    if field == "city":
-        return _entry(normalize_city(text))
-    if field == "state":
-        return _entry(normalize_state(text, country or None))
-    if field == "zip":
-        return _entry(normalize_zip(text, country or None))
-    if field == "gender":
-        return _entry(normalize_gender(text))
-    if field == "country":
-        return _entry(normalize_country(text))
-    raise KeyError(field)
+def _first_name_entry(text: str) -> _Entry:
+    return _prehashed("first_name", text.strip()) or _entry(normalize_name.__wrapped__(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _last_name_entry(text: str) -> _Entry:
+    return _prehashed("last_name", text.strip()) or _entry(normalize_name.__wrapped__(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _city_entry(text: str) -> _Entry:
+    return _prehashed("city", text.strip()) or _entry(normalize_city.__wrapped__(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _gender_entry(text: str) -> _Entry:
+    return _prehashed("gender", text.strip()) or _entry(normalize_gender(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _country_entry(text: str) -> _Entry:
+    return _prehashed("country", text.strip()) or _entry(normalize_country.__wrapped__(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _state_entry(text: str, country: str) -> _Entry:
+    """``country`` is the user's normalized country code, "" when unknown."""
+    return _prehashed("state", text.strip()) or _entry(normalize_state.__wrapped__(text, country or None))
+
+
+@functools.lru_cache(maxsize=65536)
+def _zip_entry(text: str, country: str) -> _Entry:
+    """``country`` is the user's normalized country code, "" when unknown."""
+    return _prehashed("zip", text.strip()) or _entry(normalize_zip.__wrapped__(text, country or None))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -883,34 +930,72 @@ def _date_of_birth_entry(text: str) -> tuple[_Entry, float]:
         return prehashed, float("-inf")
     if not stripped:
         return _ABSENT, float("-inf")
-    birth, formatted = _parse_date_of_birth(stripped)
+    birth, formatted = _parse_date_of_birth.__wrapped__(stripped)
     if birth.year < _EARLIEST_BIRTH_YEAR:
         raise IdentifierError("date_of_birth", "Not a plausible date of birth: the year must be 1900 or later.")
     midnight = (birth.toordinal() - _EPOCH_ORDINAL) * 86400
     return _entry(formatted), midnight
 
 
-def _unique_entry(field: str, text: str, phone_regions: Sequence[str | None]) -> _Entry:
+def _current_date_of_birth_entry(text: str) -> _Entry:
+    # The future check stays outside the cache: "today" moves on, a cached verdict would not.
+    entry, midnight = _date_of_birth_entry(text)
+    if midnight > time.time():
+        raise IdentifierError("date_of_birth", "Not a plausible date of birth: it is in the future.")
+    return entry
+
+
+def _email_entry(text: str) -> _Entry:
     stripped = text.strip()
-    if len(stripped) in (32, 64):
-        prehashed = _prehashed(field, stripped)
+    if len(stripped) in _HASH_LENGTHS:
+        prehashed = _prehashed("email", stripped)
         if prehashed is not None:
             return prehashed
-    if field == "email":
-        return _entry(normalize_email(text))
-    if field == "phone":
-        return _entry(normalize_phone(text, phone_regions))
-    return _entry(normalize_external_id(text))
+    return _entry(normalize_email(text))
 
 
-_BROWSER_NORMALIZERS = {
-    "fbp": normalize_fbp,
-    "fbc": normalize_fbc,
-    "ip_address": normalize_client_ip_address,
-    "user_agent": normalize_client_user_agent,
-}
-_UNIQUE_FIELDS = frozenset({"email", "phone", "external_id"})
-_BY_COUNTRY = frozenset({"state", "zip"})
+def _phone_entry(text: str, regions: Sequence[str | None]) -> _Entry:
+    stripped = text.strip()
+    if len(stripped) in _HASH_LENGTHS:
+        prehashed = _prehashed("phone", stripped)
+        if prehashed is not None:
+            return prehashed
+    return _entry(normalize_phone(text, regions))
+
+
+def _external_id_entry(text: str) -> _Entry:
+    stripped = normalize_external_id(text)
+    # Only SHA-256 counts as pre-hashed here: 32 hex digits are an ID (see _prehashed).
+    if len(stripped) == 64 and is_sha256_hex(stripped):
+        return "", stripped.lower()
+    return _entry(stripped)
+
+
+# How normalize_user treats each CONTRACT field, bound once: field → (output key, call shape, function).
+# The call shape says which arguments the function takes besides the raw text.
+_BY_TEXT = 0  # entry function of the text alone
+_BY_TEXT_AND_COUNTRY = 1  # entry function of the text and the user's normalized country (state, ZIP)
+_BY_TEXT_AND_REGIONS = 2  # entry function of the text and the phone regions (phone)
+_PLAIN = 3  # browser key: a normalizer whose non-empty result is sent unhashed
+_FIELD_RULES: Mapping[str, tuple[str, int, Callable[..., object]]] = MappingProxyType(
+    {
+        "email": (HASHED_KEYS["email"], _BY_TEXT, _email_entry),
+        "phone": (HASHED_KEYS["phone"], _BY_TEXT_AND_REGIONS, _phone_entry),
+        "first_name": (HASHED_KEYS["first_name"], _BY_TEXT, _first_name_entry),
+        "last_name": (HASHED_KEYS["last_name"], _BY_TEXT, _last_name_entry),
+        "city": (HASHED_KEYS["city"], _BY_TEXT, _city_entry),
+        "state": (HASHED_KEYS["state"], _BY_TEXT_AND_COUNTRY, _state_entry),
+        "zip": (HASHED_KEYS["zip"], _BY_TEXT_AND_COUNTRY, _zip_entry),
+        "country": (HASHED_KEYS["country"], _BY_TEXT, _country_entry),
+        "date_of_birth": (HASHED_KEYS["date_of_birth"], _BY_TEXT, _current_date_of_birth_entry),
+        "gender": (HASHED_KEYS["gender"], _BY_TEXT, _gender_entry),
+        "external_id": (HASHED_KEYS["external_id"], _BY_TEXT, _external_id_entry),
+        "fbp": (BROWSER_KEYS["fbp"], _PLAIN, normalize_fbp),
+        "fbc": (BROWSER_KEYS["fbc"], _PLAIN, normalize_fbc),
+        "ip_address": (BROWSER_KEYS["ip_address"], _PLAIN, normalize_client_ip_address),
+        "user_agent": (BROWSER_KEYS["user_agent"], _PLAIN, normalize_client_user_agent),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -945,59 +1030,48 @@ def normalize_user(user: Mapping[str, object], *, phone_regions: Sequence[str | 
     browser: dict[str, str] = {}
     errors: dict[str, str] = {}
 
-    # Country first: it chooses the state and ZIP rules and the first phone region.
+    # Country first: it chooses the state and ZIP rules and the first phone region. Its error is
+    # recorded here, so it comes first in ``errors``; the loop below meets it again and rewrites the
+    # same message in place.
     country = ""
     raw_country = user.get("country")
-    if raw_country is not None and raw_country.__class__ is str:
+    if raw_country.__class__ is str:
         try:
-            country_entry = _repeated_entry("country", raw_country, "")
+            country = _country_entry(raw_country)[0]
         except IdentifierError as error:
             errors["user.country"] = error.message
-        else:
-            country = country_entry[0]
     regions = (country, *phone_regions) if country else phone_regions
 
     for field, raw in user.items():
-        if raw is None:
-            if field not in USER_FIELDS:
-                errors[f"user.{field}"] = "unknown field"
+        rule = _FIELD_RULES.get(field)
+        if rule is None:
+            errors[f"user.{field}"] = "unknown field"
             continue
         if raw.__class__ is not str:
-            if field not in USER_FIELDS:
-                errors[f"user.{field}"] = "unknown field"
-            elif isinstance(raw, int) and not isinstance(raw, bool) and field in _INT_ALLOWED:
-                text = str(raw)
+            if raw is None:
+                continue
+            if field in _INT_ALLOWED and isinstance(raw, int) and not isinstance(raw, bool):
+                raw = str(raw)
                 if field == "zip" and country == "us":
                     # A ZIP stored as a number lost its leading zeros (02134 → 2134); US ZIPs have 5 digits.
-                    text = text.zfill(5)
-                raw = text
+                    raw = raw.zfill(5)
             else:
                 allowed = "a string or an integer" if field in _INT_ALLOWED else "a string"
                 errors[f"user.{field}"] = f"must be {allowed}, not {type(raw).__name__}"
                 continue
-        key = HASHED_KEYS.get(field)
+        key, shape, normalize = rule
         try:
-            if key is None:
-                browser_key = BROWSER_KEYS.get(field)
-                if browser_key is None:
-                    errors[f"user.{field}"] = "unknown field"
-                    continue
-                plain = _BROWSER_NORMALIZERS[field](raw)
+            if shape == _BY_TEXT:
+                normalized, digest = normalize(raw)
+            elif shape == _PLAIN:
+                plain = normalize(raw)
                 if plain:
-                    browser[browser_key] = plain
+                    browser[key] = plain
                 continue
-            if field in _UNIQUE_FIELDS:
-                normalized, digest = _unique_entry(field, raw, regions)
-            elif field == "date_of_birth":
-                (normalized, digest), midnight = _date_of_birth_entry(raw)
-                if midnight > time.time():
-                    raise IdentifierError("date_of_birth", "Not a plausible date of birth: it is in the future.")
-            elif field == "country":
-                if "user.country" in errors:
-                    continue
-                normalized, digest = _repeated_entry(field, raw, "")
+            elif shape == _BY_TEXT_AND_COUNTRY:
+                normalized, digest = normalize(raw, country)
             else:
-                normalized, digest = _repeated_entry(field, raw, country if field in _BY_COUNTRY else "")
+                normalized, digest = normalize(raw, regions)
         except IdentifierError as error:
             errors[f"user.{field}"] = error.message
             continue
