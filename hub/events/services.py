@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,7 +44,7 @@ from hub.events.models import Event
 from hub.events.schemas import ParsedEvent, parse_event
 from hub.profiles.identifiers import identity_policy
 from hub.profiles.normalize import fbc_from_url
-from hub.profiles.services import PreparedIdentity, Resolution, prepare_identity, resolve_prepared
+from hub.profiles.services import PreparedIdentity, Resolution, prepare_identity, resolve_many, resolve_prepared
 
 MAX_BATCH = 1000
 ACCEPTED = "accepted"
@@ -198,40 +198,32 @@ def ingest_events(
     return [results[index] for index in range(len(raw_events))]
 
 
-def _new_event(
+def _event_row(
     encryptor: FieldEncryptor,
     candidate: _Candidate,
     resolution: Resolution,
     now: datetime,
     grace: timedelta,
-) -> Event:
+) -> dict[str, Any]:
     parsed = candidate.parsed
-    return Event(
-        event_id=candidate.event_id,
-        source_event=parsed.source_event,
-        profile_id=resolution.profile_id,
-        occurred_at=parsed.occurred_at,
-        received_at=now,
-        action_source=parsed.action_source,
-        source_url=parsed.source_url,
-        user_data_encrypted=None if resolution.suppressed else _user_data_token(encryptor, candidate.prepared),
-        region=candidate.prepared.region,
-        gpc=candidate.gpc,
-        suppressed=resolution.suppressed,
-        properties=dict(parsed.properties) if parsed.properties is not None else None,
-        status="pending",
-        attempts=0,
-        next_attempt_at=now + grace,
-        unknown_outcome_resends=0,
-    )
-
-
-def _resolve(
-    session: Session, encryptor: FieldEncryptor, candidate: _Candidate, settings: Settings, now: datetime, policy: Any
-) -> Resolution:
-    return resolve_prepared(
-        session, encryptor, candidate.prepared, source=RESOLUTION_SOURCE, settings=settings, now=now, policy=policy
-    )
+    return {
+        "event_id": candidate.event_id,
+        "source_event": parsed.source_event,
+        "profile_id": resolution.profile_id,
+        "occurred_at": parsed.occurred_at,
+        "received_at": now,
+        "action_source": parsed.action_source,
+        "source_url": parsed.source_url,
+        "user_data_encrypted": None if resolution.suppressed else _user_data_token(encryptor, candidate.prepared),
+        "region": candidate.prepared.region,
+        "gpc": candidate.gpc,
+        "suppressed": resolution.suppressed,
+        "properties": dict(parsed.properties) if parsed.properties is not None else None,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now + grace,
+        "unknown_outcome_resends": 0,
+    }
 
 
 def _store_together(
@@ -243,7 +235,8 @@ def _store_together(
     grace: timedelta,
     policy: Any,
 ) -> list[IngestResult]:
-    """The fast path: every event resolved in turn, then all rows inserted in one statement, in one SAVEPOINT.
+    """The fast path: the batch's identities resolved together (``resolve_many``: one lookup, multi-row inserts,
+    no SAVEPOINT per person), then every event inserted in one multi-row statement, all in one SAVEPOINT.
 
     Raises IntegrityError (with the SAVEPOINT rolled back, so nothing of the batch remains) when an event_id was
     taken concurrently; the caller then falls back to one SAVEPOINT per event. Per-event SAVEPOINTs cost two
@@ -251,16 +244,22 @@ def _store_together(
     """
     if not candidates:
         return []
-    results: list[IngestResult] = []
     with session.begin_nested():
-        events: list[Event] = []
-        for candidate in candidates:
-            resolution = _resolve(session, encryptor, candidate, settings, now, policy)
-            events.append(_new_event(encryptor, candidate, resolution, now, grace))
-            results.append(IngestResult(candidate.index, candidate.event_id, ACCEPTED, resolution.profile_id))
-        session.add_all(events)
-        session.flush()
-    return results
+        resolutions = resolve_many(
+            session,
+            encryptor,
+            [c.prepared for c in candidates],
+            source=RESOLUTION_SOURCE,
+            settings=settings,
+            now=now,
+            policy=policy,
+        )
+        rows = [_event_row(encryptor, c, r, now, grace) for c, r in zip(candidates, resolutions, strict=True)]
+        # Core insert: one multi-row INSERT without the ORM's per-object bookkeeping, in input order.
+        session.execute(insert(Event.__table__), rows)
+    return [
+        IngestResult(c.index, c.event_id, ACCEPTED, r.profile_id) for c, r in zip(candidates, resolutions, strict=True)
+    ]
 
 
 def _store(
@@ -274,10 +273,16 @@ def _store(
 ) -> IngestResult:
     try:
         with session.begin_nested():
-            resolution = _resolve(session, encryptor, candidate, settings, now, policy)
-            event = _new_event(encryptor, candidate, resolution, now, grace)
-            session.add(event)
-            session.flush()
+            resolution = resolve_prepared(
+                session,
+                encryptor,
+                candidate.prepared,
+                source=RESOLUTION_SOURCE,
+                settings=settings,
+                now=now,
+                policy=policy,
+            )
+            session.execute(insert(Event.__table__), [_event_row(encryptor, candidate, resolution, now, grace)])
     except IntegrityError:
         # Another request stored the same event_id between our look-up and this insert: it is a duplicate.
         # Anything else (a foreign key, a check constraint) is a bug and must not be reported as one.

@@ -1,8 +1,10 @@
 """Identity resolution, merges, lookups and erasure (DESIGN.md §3-4).
 
 Services take the session (and the ``FieldEncryptor``) as arguments and only ``flush()``; the caller owns the
-commit. Every resolution runs inside a SAVEPOINT so that a race on the ``identities (kind, value_hash)`` unique
-constraint — two requests creating the same new person at once — is retried instead of failing the request.
+commit. A race on the ``identities (kind, value_hash)`` unique constraint — two requests creating the same new
+person at once — is retried instead of failing the request: new identities are inserted with ON CONFLICT DO
+NOTHING (a lost race is undone and resolved again), and every resolution that merges or attaches runs inside a
+SAVEPOINT. Calls that change nothing (a returning person) read one query and write nothing.
 
 Decisions (documented here because event ingestion and consent webhooks rely on them):
 
@@ -19,15 +21,31 @@ Decisions (documented here because event ingestion and consent webhooks rely on 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, literal, or_, select, union_all, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from hub.config import Settings
 from hub.db import new_id
@@ -191,10 +209,42 @@ def resolve_prepared(
     policy: IdentityPolicy | None = None,
 ) -> Resolution:
     """Resolve an already prepared identity (see ``prepare_identity``). ``policy`` defaults to the one built
-    from ``settings.extra``; pass it in when resolving many rows with the same settings."""
+    from ``settings.extra``; pass it in when resolving many rows with the same settings.
+
+    The common cases cost no SAVEPOINT: a returning person whose call changes nothing is answered from one
+    lookup query, and a new person is created with two INSERTs whose identities use ON CONFLICT DO NOTHING (a
+    lost race is undone and resolved again). Everything else runs in a SAVEPOINT, retried when a concurrent
+    writer wins a unique-constraint race or moves the rows read.
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
     policy = policy or identity_policy(settings.extra)
+    candidates, notes = _usable_candidates(prepared, policy)
+    base = Resolution(profile_id=None, normalized=prepared.normalized, errors=dict(prepared.errors))
+    if not candidates:
+        notes.append(NO_IDENTIFIER_NOTE)
+        return _with(base, notes=tuple(notes))
+    snapshot = _lookup(session, candidates)
+    quick = _resolution_without_writes(encryptor, prepared, candidates, notes, base, snapshot, now, {})
+    if quick is not None:
+        resolution, touch = quick
+        _touch(session, touch, now)
+        return resolution
+    if _is_new_person(candidates, snapshot):
+        [created] = _create_new_people(session, encryptor, [(prepared, candidates, notes)], policy, now)
+        if created is not None:
+            return created
+        snapshot = None  # a concurrent writer took one of the identifiers: look again
+    return _resolve_with_retries(session, encryptor, prepared, candidates, notes, base, source, policy, now, snapshot)
+
+
+NO_IDENTIFIER_NOTE = "user: no usable identifier (email, phone, external_id, fbp or fbc); no profile resolved"
+
+
+def _usable_candidates(
+    prepared: PreparedIdentity, policy: IdentityPolicy
+) -> tuple[list[IdentifierCandidate], list[str]]:
+    """The call's identifiers the policy accepts, and a note for each one it ignores (in the call's order)."""
     notes: list[str] = []
     candidates: list[IdentifierCandidate] = []
     for candidate in identifier_candidates(prepared.normalized):
@@ -203,26 +253,39 @@ def resolve_prepared(
             candidates.append(candidate)
         else:
             notes.append(f"{candidate.field}: ignored: {reason}")
-    base = Resolution(profile_id=None, normalized=prepared.normalized, errors=dict(prepared.errors))
-    if not candidates:
-        notes.append("user: no usable identifier (email, phone, external_id, fbp or fbc); no profile resolved")
-        return _with(base, notes=tuple(notes))
+    return candidates, notes
 
+
+def _resolve_with_retries(
+    session: Session,
+    encryptor: FieldEncryptor,
+    prepared: PreparedIdentity,
+    candidates: list[IdentifierCandidate],
+    notes: list[str],
+    base: Resolution,
+    source: str,
+    policy: IdentityPolicy,
+    now: datetime,
+    snapshot: _Snapshot | None = None,
+) -> Resolution:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             with session.begin_nested():
-                return _resolve_once(session, encryptor, prepared, candidates, notes, base, source, policy, now)
+                return _resolve_once(
+                    session, encryptor, prepared, candidates, notes, base, source, policy, now, snapshot
+                )
         except (IntegrityError, _Retry) as error:
             # Another transaction created or moved one of these identifiers after we looked; look again.
             if attempt == MAX_ATTEMPTS:
                 raise
+            snapshot = None
             log.debug("identity resolution retried after a concurrent change (%s)", type(error).__name__)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-# Pairs per lookup query in batch resolution: SQLite limits expression depth (1000), and a long OR list stops
-# paying off well before that.
-LOOKUP_CHUNK = 200
+# (kind, hash) pairs per lookup query in batch resolution: one expanding IN list per kind keeps the statement
+# shape (and so SQLAlchemy's compiled-statement cache entry) the same whatever the batch holds.
+LOOKUP_CHUNK = 500
 
 
 def resolve_many(
@@ -236,78 +299,227 @@ def resolve_many(
     policy: IdentityPolicy | None = None,
 ) -> list[Resolution]:
     """Resolve a batch (an events batch, an import batch) with the same outcome as calling ``resolve_prepared``
-    for each item in order, in a handful of statements for the common case.
+    for each item in order, in a handful of statements whatever the batch size.
 
-    People new to hub whose identifiers appear nowhere else in the batch are created with one lookup per
-    ``LOOKUP_CHUNK`` identifiers and two multi-row INSERTs; every other item (known identifiers, shared within
-    the batch, suppressed, blocked, browser-only) goes through ``resolve_prepared``, in input order. If a
-    concurrent writer claims one of the new identifiers first, the whole fast path falls back item by item.
+    One lookup (per ``LOOKUP_CHUNK`` identifiers) reads every identifier of the batch with its profile. Items
+    are then grouped: two items belong together when they share an identifier or a profile (only items of one
+    group can see each other's writes, so groups are independent and only the order inside a group matters).
+
+    * A group whose items all resolve without writing (a returning person with nothing new, a suppressed
+      person, unknown browser identifiers alone) is answered from the lookup; stale ``last_seen_at`` values are
+      refreshed in one UPDATE at the end.
+    * A single new person (no identifier known, none shared in the batch) is created with the others in two
+      multi-row INSERTs, identities sorted by (kind, hash) and ON CONFLICT DO NOTHING, so no SAVEPOINT is
+      needed; whoever lost a race to a concurrent writer is undone and resolved with the rest.
+    * Every other group (merges, attachments, people repeated in the batch) is resolved item by item in input
+      order inside one SAVEPOINT for the whole batch; if a concurrent writer interferes, that SAVEPOINT is rolled
+      back and those items go through ``resolve_prepared`` one at a time.
+
+    Lock order: new identities are inserted sorted by (kind, hash), profiles locked for a merge by id, groups
+    resolved item by item in the order of their smallest identifier, so concurrent batches wait for each other
+    instead of deadlocking in the common cases (callers still treat a deadlock as retryable).
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
     policy = policy or identity_policy(settings.extra)
-    per_item: list[list[IdentifierCandidate]] = []
-    any_blocked: list[bool] = []
-    seen: dict[tuple[str, str], int] = {}
-    for prepared in items:
-        candidates = identifier_candidates(prepared.normalized)
-        usable = [c for c in candidates if policy.blocked_reason(c) is None]
-        per_item.append(usable)
-        any_blocked.append(len(usable) != len(candidates))
-        for c in usable:
-            key = (c.kind, c.value_hash)
-            seen[key] = seen.get(key, 0) + 1
-    keys = sorted(seen)
-    known: set[tuple[str, str]] = set()
-    for start in range(0, len(keys), LOOKUP_CHUNK):
-        chunk = keys[start : start + LOOKUP_CHUNK]
-        # Held or suppressed: either way the item needs the full path.
-        for kind, value_hash in session.execute(
-            union_all(
-                select(Identity.kind, Identity.value_hash).where(_pairs(Identity.kind, Identity.value_hash, chunk)),
-                select(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash).where(
-                    _pairs(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash, chunk)
-                ),
-            )
-        ):
-            known.add((kind, value_hash))
-    fast = [
-        index
-        for index, usable in enumerate(per_item)
-        if usable
-        and any(c.strong for c in usable)
-        and not any_blocked[index]  # a blocked value needs its note: the full path gives it
-        and all((c.kind, c.value_hash) not in known and seen[(c.kind, c.value_hash)] == 1 for c in usable)
-    ]
     results: list[Resolution | None] = [None] * len(items)
-    if fast:
+    usable: list[tuple[list[IdentifierCandidate], list[str]]] = []
+    bases: list[Resolution] = []
+    for index, prepared in enumerate(items):
+        candidates, notes = _usable_candidates(prepared, policy)
+        usable.append((candidates, notes))
+        bases.append(Resolution(profile_id=None, normalized=prepared.normalized, errors=dict(prepared.errors)))
+        if not candidates:
+            results[index] = _with(bases[index], notes=(*notes, NO_IDENTIFIER_NOTE))
+    snapshot = _lookup(session, [c for candidates, _notes in usable for c in candidates])
+
+    # Group items that share an identifier or a profile (union-find over item, identifier and profile nodes).
+    parent: dict[object, object] = {}
+
+    def find(node: object) -> object:
+        root = node
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while node != root:  # path compression
+            parent[node], node = root, parent[node]
+        return root
+
+    def union(a: object, b: object) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    for index, (candidates, _notes) in enumerate(usable):
+        for c in candidates:
+            key = (c.kind, c.value_hash)
+            union(("item", index), ("key", key))
+            found = snapshot.held.get(key)
+            if found is not None:
+                union(("item", index), ("profile", found.profile_id))
+    groups: dict[object, list[int]] = {}
+    for index, (candidates, _notes) in enumerate(usable):
+        if candidates:
+            groups.setdefault(find(("item", index)), []).append(index)
+
+    touch: set[int] = set()
+    traits_cache: dict[str, dict[str, str]] = {}
+    new_people: list[int] = []
+    slow_groups: list[list[int]] = []
+    for members in groups.values():
+        if len(members) == 1 and _is_new_person(usable[members[0]][0], snapshot):
+            new_people.append(members[0])
+            continue
+        quick: list[tuple[int, Resolution, list[int]]] = []
+        for index in members:
+            candidates, notes = usable[index]
+            answer = _resolution_without_writes(
+                encryptor, items[index], candidates, notes, bases[index], snapshot, now, traits_cache
+            )
+            if answer is None:
+                break
+            quick.append((index, *answer))
+        else:
+            for index, resolution, ids in quick:
+                results[index] = resolution
+                touch.update(ids)
+            continue
+        slow_groups.append(members)
+
+    if new_people:
+        batch = [(items[i], usable[i][0], usable[i][1]) for i in new_people]
+        for index, created in zip(new_people, _create_new_people(session, encryptor, batch, policy, now), strict=True):
+            if created is None:
+                slow_groups.append([index])  # lost a race to a concurrent writer: resolve it like the others
+            else:
+                results[index] = created
+    _touch(session, sorted(touch), now)
+
+    if slow_groups:
+        slow_groups.sort(key=lambda members: min((c.kind, c.value_hash) for i in members for c in usable[i][0]))
+        slow = [index for members in slow_groups for index in members]
+        done: dict[int, Resolution] = {}
         try:
             with session.begin_nested():
-                created = _create_new_people(session, encryptor, [(items[i], per_item[i]) for i in fast], policy, now)
-        except IntegrityError:
-            log.debug("batch resolution fell back to one item at a time after a concurrent insert")
-        else:
-            for index, result in zip(fast, created, strict=True):
-                results[index] = result
-    for index, prepared in enumerate(items):
-        if results[index] is None:
-            results[index] = resolve_prepared(
-                session, encryptor, prepared, source=source, settings=settings, now=now, policy=policy
-            )
+                for index in slow:
+                    candidates, notes = usable[index]
+                    done[index] = _resolve_once(
+                        session, encryptor, items[index], candidates, notes, bases[index], source, policy, now
+                    )
+        except (IntegrityError, _Retry) as error:
+            log.debug("batch resolution went one item at a time after a concurrent change (%s)", type(error).__name__)
+            done = {
+                index: resolve_prepared(
+                    session, encryptor, items[index], source=source, settings=settings, now=now, policy=policy
+                )
+                for index in slow
+            }
+        for index, resolution in done.items():
+            results[index] = resolution
     return [r for r in results if r is not None]
+
+
+def _is_new_person(candidates: Sequence[IdentifierCandidate], snapshot: _Snapshot) -> bool:
+    """No identifier of the call is held or suppressed, and a strong one can create the profile."""
+    return any(c.strong for c in candidates) and not any(
+        (c.kind, c.value_hash) in snapshot.held or (c.kind, c.value_hash) in snapshot.suppressed for c in candidates
+    )
+
+
+def _resolution_without_writes(
+    encryptor: FieldEncryptor,
+    prepared: PreparedIdentity,
+    candidates: Sequence[IdentifierCandidate],
+    notes_in: Sequence[str],
+    base: Resolution,
+    snapshot: _Snapshot,
+    now: datetime,
+    traits_cache: dict[str, dict[str, str]],
+) -> tuple[Resolution, list[int]] | None:
+    """What ``_resolve_once`` would answer when, judged by the lookup alone, the call writes nothing (besides
+    refreshing ``last_seen_at``: the identity ids to touch are returned with it); None when it would write.
+
+    Written to give exactly ``_resolve_once``'s answer for those cases: a suppressed identifier, browser
+    identifiers unknown to hub, or every identifier already held with one canonical profile among the strong
+    ones (or the browser's owner), no new trait value and the same region.
+    """
+    notes = list(notes_in)
+    held, suppressed = snapshot.held, snapshot.suppressed
+    if any((c.kind, c.value_hash) in suppressed for c in candidates):
+        fields = sorted({c.field for c in candidates if (c.kind, c.value_hash) in suppressed})
+        notes.append(f"{', '.join(fields)}: belongs to an erased person; nothing is stored about them")
+        return _with(base, suppressed=True, notes=tuple(notes)), []
+    found_all = [held.get((c.kind, c.value_hash)) for c in candidates]
+    strong_owners = {found.profile_id for c, found in zip(candidates, found_all, strict=True) if c.strong and found}
+    if not any(c.strong for c in candidates):
+        owner = next((found for found in found_all if found is not None), None)
+        if owner is None:
+            notes.append(WEAK_ONLY_NOTE)
+            return _with(base, notes=tuple(notes)), []
+        strong_owners = {owner.profile_id}
+    if len(strong_owners) != 1 or any(found is None for found in found_all):
+        return None  # a new profile, a merge, a conflict or an identifier to attach
+    target = next(found for found in found_all if found is not None and found.profile_id in strong_owners)
+    if target.root_merged or target.root_erased:
+        return None  # moved under us: the full path retries
+    touch: list[int] = []
+    for candidate, found in zip(candidates, found_all, strict=True):
+        assert found is not None
+        if found.profile_id == target.profile_id:
+            if now - found.last_seen_at >= LAST_SEEN_RESOLUTION:
+                touch.append(found.identity_id)
+        else:
+            notes.append(f"{candidate.field}: held by another profile; weak identifiers never move or merge")
+    if target.profile_id not in traits_cache:
+        token = target.traits_encrypted
+        value = encryptor.decrypt_json(token) if token else {}
+        traits_cache[target.profile_id] = dict(value) if isinstance(value, dict) else {}
+    stored = traits_cache[target.profile_id]
+    if combine_traits(stored, traits_of(prepared.normalized)) != stored:
+        return None
+    if updated_region(target.region, prepared.region, prepared.normalized.values.get("country")) != target.region:
+        return None
+    return _with(base, profile_id=target.profile_id, notes=tuple(notes), region=target.region), touch
+
+
+WEAK_ONLY_NOTE = (
+    "user: only browser identifiers (fbp/fbc) unknown to hub; a profile is created only from an "
+    "email, phone or external_id"
+)
+
+
+def _touch(session: Session, identity_ids: Sequence[int], now: datetime) -> None:
+    if identity_ids:
+        session.execute(
+            update(Identity).where(Identity.id.in_(sorted(identity_ids))).values(last_seen_at=now),
+            execution_options={"synchronize_session": False},
+        )
+
+
+def _insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequence[str]) -> Any:
+    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` in the session's dialect (PostgreSQL, SQLite)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
 
 
 def _create_new_people(
     session: Session,
     encryptor: FieldEncryptor,
-    batch: list[tuple[PreparedIdentity, list[IdentifierCandidate]]],
+    batch: Sequence[tuple[PreparedIdentity, Sequence[IdentifierCandidate], Sequence[str]]],
     policy: IdentityPolicy,
     now: datetime,
-) -> list[Resolution]:
+) -> list[Resolution | None]:
+    """Create one profile per item (whose identifiers nobody holds) with two multi-row INSERTs and no SAVEPOINT.
+
+    Identities are inserted sorted by (kind, hash) with ON CONFLICT DO NOTHING: concurrent batches then take the
+    unique-index entries in one order and wait for each other rather than deadlock, and an identifier that a
+    concurrent writer created first is skipped instead of failing the transaction. The items that lost such a
+    race get their rows deleted again and None (the caller resolves them in full).
+    """
     profiles: list[dict[str, Any]] = []
     identities: list[dict[str, Any]] = []
     results: list[Resolution] = []
-    for prepared, usable in batch:
+    for prepared, usable, blocked_notes in batch:
         profile_id = new_id()
         traits = traits_of(prepared.normalized)
         region = updated_region(None, prepared.region, prepared.normalized.values.get("country"))
@@ -321,7 +533,7 @@ def _create_new_people(
             }
         )
         plan = plan_attachments(usable, {}, policy)
-        notes = tuple(
+        notes = tuple(blocked_notes) + tuple(
             f"{c.field}: not attached: the profile already holds {policy.limit_for(c.kind)} {c.kind} identifier(s), "
             "the limit"
             for c in plan.over_limit
@@ -349,23 +561,50 @@ def _create_new_people(
             )
         )
     # Core inserts on the tables: multi-row VALUES without the ORM's per-object bookkeeping.
+    profiles.sort(key=lambda row: row["id"])
+    identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
     session.execute(insert(Profile.__table__), profiles)
+    inserted: set[tuple[str, str]] = set()
     if identities:
-        session.execute(insert(Identity.__table__), identities)
-    return results
+        statement = _insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
+        rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
+        inserted = {(row.kind, row.value_hash) for row in rows}
+    lost = {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
+    if lost:
+        session.execute(
+            delete(Identity).where(Identity.profile_id.in_(sorted(lost))),
+            execution_options={"synchronize_session": False},
+        )
+        session.execute(
+            delete(Profile).where(Profile.id.in_(sorted(lost))), execution_options={"synchronize_session": False}
+        )
+        log.debug("%d new profile(s) lost a race for an identifier and are resolved again", len(lost))
+    return [None if r.profile_id in lost else r for r in results]
 
 
 def _with(base: Resolution, **changes: Any) -> Resolution:
     return replace(base, **changes)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Held:
-    """An identity row found for one of the call's identifiers."""
+    """An identity row found for one of the call's identifiers, with its canonical (root) profile."""
 
     identity_id: int
     profile_id: str  # canonical
     last_seen_at: datetime
+    region: str | None  # the root's
+    traits_encrypted: str | None  # the root's
+    root_merged: bool  # a corrupted chain or a merge in flight: only the full path handles it
+    root_erased: bool
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one lookup read: identities held for the (kind, hash) pairs asked, and the suppressed pairs."""
+
+    held: Mapping[tuple[str, str], _Held]
+    suppressed: frozenset[tuple[str, str]]
 
 
 def _pairs(kind_column: Any, hash_column: Any, keys: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
@@ -377,11 +616,26 @@ def _pairs(kind_column: Any, hash_column: Any, keys: Sequence[tuple[str, str]]) 
     return or_(*(and_(kind_column == kind, hash_column.in_(hashes)) for kind, hashes in sorted(by_kind.items())))
 
 
-def _lookup(
-    session: Session, candidates: Collection[IdentifierCandidate]
-) -> tuple[dict[tuple[str, str], _Held], set[tuple[str, str]]]:
-    """One round trip: the identities held for these (kind, hash) pairs and which pairs are suppressed."""
-    keys = sorted({(c.kind, c.value_hash) for c in candidates})
+def _hash_param(kind: str) -> str:
+    return "hashes_" + "".join(ch if ch.isalnum() else "_" for ch in kind)
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_statement(kinds: tuple[str, ...]) -> Any:
+    """The lookup for identifiers of these kinds, built once per combination of kinds: the hashes are expanding
+    bind parameters, so SQLAlchemy's compiled-statement cache serves every later call (building the expression
+    anew for each event cost more than the query itself). Each kind's term probes the (kind, value_hash) unique
+    index; the canonical profile comes from a join on the holder's ``merged_into_id`` (one query, not two)."""
+    root = aliased(Profile, name="root")
+
+    def where(kind_column: Any, hash_column: Any) -> ColumnElement[bool]:
+        return or_(
+            *(
+                and_(kind_column == kind, hash_column.in_(bindparam(_hash_param(kind), expanding=True)))
+                for kind in kinds
+            )
+        )
+
     identities = (
         select(
             literal("i").label("source"),
@@ -389,11 +643,15 @@ def _lookup(
             Identity.value_hash,
             Identity.id,
             Identity.last_seen_at,
-            Profile.id.label("profile_id"),
-            Profile.merged_into_id,
+            root.id.label("profile_id"),
+            root.merged_into_id,
+            root.erased_at,
+            root.region,
+            root.traits_encrypted,
         )
         .join(Profile, Profile.id == Identity.profile_id)
-        .where(_pairs(Identity.kind, Identity.value_hash, keys))
+        .join(root, root.id == func.coalesce(Profile.merged_into_id, Profile.id))
+        .where(where(Identity.kind, Identity.value_hash))
     )
     suppressed = select(
         literal("s").label("source"),
@@ -401,22 +659,42 @@ def _lookup(
         SuppressedIdentifier.value_hash,
         SuppressedIdentifier.id,
         SuppressedIdentifier.created_at,
-        literal(None).label("profile_id"),
-        literal(None).label("merged_into_id"),
-    ).where(_pairs(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash, keys))
+        null().label("profile_id"),
+        null().label("merged_into_id"),
+        null().label("erased_at"),
+        null().label("region"),
+        null().label("traits_encrypted"),
+    ).where(where(SuppressedIdentifier.kind, SuppressedIdentifier.value_hash))
+    return union_all(identities, suppressed)
+
+
+def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _Snapshot:
+    """The identities held for these (kind, hash) pairs and which pairs are suppressed: one round trip per
+    ``LOOKUP_CHUNK`` pairs."""
+    keys = sorted({(c.kind, c.value_hash) for c in candidates})
     held: dict[tuple[str, str], _Held] = {}
     blocked: set[tuple[str, str]] = set()
-    for row in session.execute(union_all(identities, suppressed)):
-        if row.source == "s":
-            blocked.add((row.kind, row.value_hash))
-        else:
-            held[(row.kind, row.value_hash)] = _Held(
-                identity_id=row.id,
-                profile_id=row.merged_into_id or row.profile_id,
-                # The compound select takes its result types from the first select: UTC-aware datetimes.
-                last_seen_at=row.last_seen_at,
-            )
-    return held, blocked
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        by_kind: dict[str, list[str]] = {}
+        for kind, value_hash in keys[start : start + LOOKUP_CHUNK]:
+            by_kind.setdefault(kind, []).append(value_hash)
+        statement = _lookup_statement(tuple(sorted(by_kind)))
+        params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
+        for row in session.execute(statement, params):
+            if row.source == "s":
+                blocked.add((row.kind, row.value_hash))
+            else:
+                held[(row.kind, row.value_hash)] = _Held(
+                    identity_id=row.id,
+                    profile_id=row.profile_id,
+                    # The compound select takes its result types from the first select: UTC-aware datetimes.
+                    last_seen_at=row.last_seen_at,
+                    region=row.region,
+                    traits_encrypted=row.traits_encrypted,
+                    root_merged=row.merged_into_id is not None,
+                    root_erased=row.erased_at is not None,
+                )
+    return _Snapshot(held=held, suppressed=frozenset(blocked))
 
 
 def _resolve_once(
@@ -429,9 +707,13 @@ def _resolve_once(
     source: str,
     policy: IdentityPolicy,
     now: datetime,
+    snapshot: _Snapshot | None = None,
 ) -> Resolution:
+    """One full resolution (callers hold a SAVEPOINT); ``snapshot``: a lookup of ``candidates`` made earlier in
+    this transaction, when nothing can have changed since."""
     notes = list(notes_in)
-    held, suppressed = _lookup(session, candidates)
+    snapshot = snapshot or _lookup(session, candidates)
+    held, suppressed = snapshot.held, snapshot.suppressed
     if suppressed:
         fields = sorted({c.field for c in candidates if (c.kind, c.value_hash) in suppressed})
         notes.append(f"{', '.join(fields)}: belongs to an erased person; nothing is stored about them")
@@ -449,10 +731,7 @@ def _resolve_once(
         # Weak identifiers only: follow the browser to the profile that already holds it, never create one.
         owner = next((held[k].profile_id for c in weak if (k := (c.kind, c.value_hash)) in held), None)
         if owner is None:
-            notes.append(
-                "user: only browser identifiers (fbp/fbc) unknown to hub; a profile is created only from an "
-                "email, phone or external_id"
-            )
+            notes.append(WEAK_ONLY_NOTE)
             return _with(base, notes=tuple(notes))
         matched = [owner]
 
@@ -583,8 +862,9 @@ def _load_profiles(session: Session, ids: list[str], *, lock: bool) -> list[Prof
         return []
     query = select(Profile).where(Profile.id.in_(ids))
     if lock:
-        # PostgreSQL: two calls merging the same profiles take turns (SQLite serializes writers anyway).
-        query = query.with_for_update()
+        # PostgreSQL: two calls merging the same profiles take turns (SQLite serializes writers anyway); rows are
+        # locked in id order, so two merges of overlapping profiles cannot each hold what the other waits for.
+        query = query.order_by(Profile.id).with_for_update()
     profiles = list(session.scalars(query))
     if len(profiles) != len(ids) or any(p.merged_into_id is not None or p.erased_at is not None for p in profiles):
         raise _Retry
