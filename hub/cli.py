@@ -82,7 +82,8 @@ def serve(host: str, port: int, no_worker: bool, threads: int) -> None:
     base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"  # noqa: S104
     click.echo(f"hub is serving on {base} (database: {engine.url.render_as_string(hide_password=True)})")
     if not cfg.oidc_configured and not cfg.is_production:
-        token = login_links().issue()
+        with app.app_context():
+            token = login_links().issue()
         click.echo(f"One-time admin login link (valid 30 minutes, this process only): {base}/login/link/{token}")
     waitress.serve(app, host=host, port=port, threads=threads, ident="hub", _quiet=True)
 
