@@ -46,6 +46,16 @@ ERRORS = {
 ADMIN_ERRORS = {**ERRORS, "403": {"$ref": "#/components/responses/Forbidden"}}
 NOT_FOUND = {"404": {"$ref": "#/components/responses/NotFound"}}
 PROFILE_ID = {"name": "profile_id", "in": "path", "required": True, "schema": {"type": "string"}}
+DESTINATION_ID = {"name": "destination_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+REASON_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}
+        }
+    },
+}
 
 
 def _schemas() -> dict[str, Any]:
@@ -156,6 +166,25 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "Profile": {"type": "object", "description": "Profile, identities (kind and hash), traits, consent, events."},
+        "Destination": {
+            "type": "object",
+            "description": "A Meta pixel. Tokens are write-only: reads show `token_set` / `app_secret_set`.",
+            "properties": {
+                "name": string,
+                "pixel_id": string,
+                "access_token": {"type": "string", "writeOnly": True},
+                "app_secret": {"type": "string", "writeOnly": True},
+                "api_version": {"type": "string", "pattern": "^v[0-9]+\\.0$", "default": "v26.0"},
+                "test_event_code": {"type": ["string", "null"]},
+                "allow_test_events_in_production": {"type": "boolean"},
+                "is_default": {"type": "boolean"},
+                "status": {"type": "string", "enum": ["active", "paused"], "readOnly": True},
+            },
+        },
+        "DeadLetter": {
+            "type": "object",
+            "description": "A dead event: the payload as sent, Meta's error and full answer.",
+        },
         "ConfigDocument": {
             "type": "object",
             "description": "Mappings, region rules, destinations (no secrets), CMP sources and custom purposes.",
@@ -290,6 +319,77 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json({"type": "object"}, "Already recorded (idempotent)"),
                         **ERRORS,
                     },
+                }
+            },
+            "/api/v1/destinations": {
+                "get": {
+                    "summary": "List destinations",
+                    "responses": {"200": _json({"type": "object"}), **ADMIN_ERRORS},
+                },
+                "post": {
+                    "summary": "Create a destination (the token is encrypted at rest and never returned)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Destination")}}},
+                    "responses": {"201": _json(_ref("Destination"), "Created"), **ADMIN_ERRORS},
+                },
+            },
+            "/api/v1/destinations/{destination_id}": {
+                "get": {
+                    "summary": "One destination",
+                    "parameters": [DESTINATION_ID],
+                    "responses": {"200": _json(_ref("Destination")), **ADMIN_ERRORS, **NOT_FOUND},
+                },
+                "patch": {
+                    "summary": "Change a destination (e.g. a new access token)",
+                    "parameters": [DESTINATION_ID],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Destination")}}},
+                    "responses": {"200": _json(_ref("Destination")), **ADMIN_ERRORS, **NOT_FOUND},
+                },
+            },
+            "/api/v1/destinations/{destination_id}/pause": {
+                "post": {
+                    "summary": "Pause delivery; events wait, nothing is lost",
+                    "parameters": [DESTINATION_ID],
+                    "requestBody": REASON_BODY,
+                    "responses": {"200": _json(_ref("Destination")), **ADMIN_ERRORS, **NOT_FOUND},
+                }
+            },
+            "/api/v1/destinations/{destination_id}/resume": {
+                "post": {
+                    "summary": "Resume delivery; held events go out again",
+                    "parameters": [DESTINATION_ID],
+                    "responses": {"200": _json(_ref("Destination")), **ADMIN_ERRORS, **NOT_FOUND},
+                }
+            },
+            "/api/v1/dead-letters": {
+                "get": {
+                    "summary": "Dead letters, newest first",
+                    "parameters": [
+                        {"name": name, "in": "query", "schema": {"type": "string"}}
+                        for name in ("destination_id", "code", "event", "since", "until", "before_id", "limit")
+                    ],
+                    "responses": {"200": _json({"type": "object"}), **ADMIN_ERRORS},
+                }
+            },
+            "/api/v1/dead-letters/{event_id}": {
+                "get": {
+                    "summary": "The exact payload sent and Meta's answer",
+                    "parameters": [EVENT_ID],
+                    "responses": {"200": _json(_ref("DeadLetter")), **ADMIN_ERRORS, **NOT_FOUND},
+                }
+            },
+            "/api/v1/dead-letters/{event_id}/replay": {
+                "post": {
+                    "summary": "Re-decide consent, then queue the event again (or block it)",
+                    "parameters": [EVENT_ID],
+                    "responses": {"200": _json({"type": "object"}), **ADMIN_ERRORS, **NOT_FOUND},
+                }
+            },
+            "/api/v1/dead-letters/{event_id}/discard": {
+                "post": {
+                    "summary": "Discard with a reason (the event becomes blocked, reason `discarded`)",
+                    "parameters": [EVENT_ID],
+                    "requestBody": REASON_BODY,
+                    "responses": {"200": _json({"type": "object"}), **ADMIN_ERRORS, **NOT_FOUND},
                 }
             },
             "/api/v1/config": {
