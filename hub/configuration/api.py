@@ -23,7 +23,8 @@ _TRUE = ("1", "true", "yes", "on")
 def _wants_yaml() -> bool:
     if request.args.get("format", "").lower() in ("yaml", "yml"):
         return True
-    best = request.accept_mimetypes.best_match([YAML_TYPE, "text/yaml", "application/json"])
+    # JSON first: a client sending `Accept: */*` (curl, requests) gets the JSON the API promises.
+    best = request.accept_mimetypes.best_match(["application/json", YAML_TYPE, "text/yaml"])
     return best in (YAML_TYPE, "text/yaml")
 
 
