@@ -1,10 +1,13 @@
 """Event ingestion into the outbox, and the stored event as the API shows it (CONTRACT.md, events).
 
-`ingest_events` accepts a batch event by event: each event is validated on its own (`hub.events.schemas` for the
-structure, identity preparation for the `user` values and the region), then resolved to a profile and written as
-one `Event` row inside its own SAVEPOINT, so a failure of one event (a concurrent insert of the same `event_id`)
-never undoes the others. The caller owns the commit (the request's single commit point): the API answers 202
-only after that commit succeeded, so every "accepted" result is durable.
+`ingest_events` validates a batch event by event (`hub.events.schemas` for the structure, identity preparation for
+the `user` values and the region), then resolves the identities of all valid events together
+(`hub.profiles.services.resolve_many`: one lookup, multi-row inserts) and writes their `Event` rows in one
+multi-row INSERT, all inside one SAVEPOINT. When a concurrent request stored one of the event_ids first, that
+SAVEPOINT is rolled back and the events are stored again one SAVEPOINT each, so that event is reported as a
+duplicate and never undoes the others. A deadlock or lock timeout rolls the SAVEPOINT back and retries the batch
+(bounded). The caller owns the commit (the request's single commit point): the API answers 202 only after that
+commit succeeded, so every "accepted" result is durable.
 
 Decisions:
 
@@ -28,6 +31,9 @@ Decisions:
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
@@ -44,7 +50,14 @@ from hub.events.models import Event
 from hub.events.schemas import ParsedEvent, parse_event
 from hub.profiles.identifiers import identity_policy
 from hub.profiles.normalize import fbc_from_url
-from hub.profiles.services import PreparedIdentity, Resolution, prepare_identity, resolve_many, resolve_prepared
+from hub.profiles.services import (
+    PreparedIdentity,
+    Resolution,
+    is_lock_conflict,
+    prepare_identity,
+    resolve_many,
+    resolve_prepared,
+)
 
 MAX_BATCH = 1000
 ACCEPTED = "accepted"
@@ -52,6 +65,8 @@ DUPLICATE = "duplicate"
 REJECTED = "rejected"
 # Identity resolution journals merges with the source that caused them.
 RESOLUTION_SOURCE = "events"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,12 +196,7 @@ def ingest_events(
             )
         else:
             new.append(candidate)
-    try:
-        stored_results = _store_together(session, encryptor, new, settings, now, grace, policy)
-    except IntegrityError:
-        # Another request stored one of these event_ids after our look-up: redo them one SAVEPOINT each, so that
-        # event is reported as a duplicate and the others are kept.
-        stored_results = [_store(session, encryptor, c, settings, now, grace, policy) for c in new]
+    stored_results = _store_retrying_lock_conflicts(session, encryptor, new, settings, now, grace, policy)
     first_profile: dict[str, str | None] = {}
     for result in stored_results:
         results[result.index] = result
@@ -196,6 +206,38 @@ def ingest_events(
         if result.status == DUPLICATE and result.profile_id is None and result.event_id in first_profile:
             results[index] = IngestResult(index, result.event_id, DUPLICATE, profile_id=first_profile[result.event_id])
     return [results[index] for index in range(len(raw_events))]
+
+
+# Attempts of the batch when PostgreSQL picks it as a deadlock victim or a lock wait times out; the batch is
+# idempotent (event_id), and its SAVEPOINT rollback releases what it locked, so the other transaction proceeds.
+LOCK_CONFLICT_ATTEMPTS = 3
+LOCK_CONFLICT_BACKOFF_SECONDS = 0.02
+
+
+def _store_retrying_lock_conflicts(
+    session: Session,
+    encryptor: FieldEncryptor,
+    candidates: Sequence[_Candidate],
+    settings: Settings,
+    now: datetime,
+    grace: timedelta,
+    policy: Any,
+) -> list[IngestResult]:
+    for attempt in range(1, LOCK_CONFLICT_ATTEMPTS + 1):
+        try:
+            return _store_together(session, encryptor, candidates, settings, now, grace, policy)
+        except IntegrityError:
+            # Another request stored one of these event_ids after our look-up: redo them one SAVEPOINT each, so
+            # that event is reported as a duplicate and the others are kept.
+            return [_store(session, encryptor, c, settings, now, grace, policy) for c in candidates]
+        except DBAPIError as error:
+            # The SAVEPOINT was rolled back with everything the batch wrote or locked; a lock conflict left after
+            # the last attempt reaches the web layer, which answers 503 busy_retry (never a 500).
+            if not is_lock_conflict(error) or attempt == LOCK_CONFLICT_ATTEMPTS:
+                raise
+            log.info("event batch retried after a lock conflict (attempt %d): %s", attempt, type(error.orig).__name__)
+            time.sleep(LOCK_CONFLICT_BACKOFF_SECONDS * attempt * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _event_row(

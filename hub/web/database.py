@@ -8,6 +8,9 @@ from flask import Flask, Response, current_app, g, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from hub.profiles.services import is_lock_conflict
+from hub.web.errors import busy_retry_response
+
 log = logging.getLogger(__name__)
 
 
@@ -29,8 +32,11 @@ def init_app(app: Flask) -> None:
                 session.commit()
             else:
                 session.rollback()
-        except SQLAlchemyError:
+        except SQLAlchemyError as error:
             session.rollback()
+            if is_lock_conflict(error):
+                log.warning("commit refused after a lock conflict; the request's changes were rolled back")
+                return busy_retry_response()
             log.exception("commit failed; the request's changes were rolled back")
             failed = jsonify(
                 error={

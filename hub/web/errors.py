@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from flask import Flask, Response, jsonify, render_template, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
+
+from hub.profiles.services import is_lock_conflict
+
+# Seconds a client waits before resending after a lock conflict: by then the transaction in the way has ended.
+BUSY_RETRY_AFTER_SECONDS = 1
 
 
 class ApiError(Exception):
@@ -28,6 +34,18 @@ def error_response(status: int, code: str, message: str, fields: Mapping[str, st
     return response
 
 
+def busy_retry_response() -> Response:
+    """503 for a deadlock, serialization failure or lock timeout: nothing was stored and the same request,
+    sent again, succeeds (event batches are idempotent by event_id)."""
+    response = error_response(
+        503,
+        "busy_retry",
+        "The database was busy with a conflicting change and nothing was stored; send the same request again.",
+    )
+    response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_SECONDS)
+    return response
+
+
 def wants_json() -> bool:
     path = request.path
     return path.startswith(("/api/", "/webhooks/")) or request.accept_mimetypes.best == "application/json"
@@ -37,6 +55,15 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.fields)
+
+    @app.errorhandler(OperationalError)
+    def _operational_error(exc: OperationalError) -> Response:
+        if is_lock_conflict(exc):
+            # A concurrent transaction was in the way (PostgreSQL deadlock victim, lock timeout; SQLite busy):
+            # the client's fault never, a server bug never, so neither a 4xx nor a 500.
+            app.logger.warning("request refused with busy_retry after a lock conflict: %s", exc.orig)
+            return busy_retry_response()
+        raise exc  # anything else stays an internal error
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | tuple[str, int]:
