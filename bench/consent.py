@@ -11,8 +11,10 @@ Sections:
   lookup, HMAC check, inbox row committed on its own, JSON parse, adapter, identity resolution, two ledger rows,
   projection, inbox status, commit. Target: >= 500 webhooks/s.
 * ``lookup`` — ``consent_at`` cost with 1,000,000 ledger rows for 100,000 profiles bulk-loaded with COPY: time
-  ``load_ledger(session, profile).at(purpose, when)`` (canonical id, cluster, the person's records, evaluation)
-  for random profiles. Target: p99 < 2 ms.
+  ``consent_at(session, profile, purpose, when)`` (one statement: root, cluster members and that purpose's
+  records; then the cluster fold and evaluation) for random profiles. Target: p99 < 2 ms. The whole-ledger read
+  ``load_ledger(session, profile).at(purpose, when)`` (what the scheduler does per event) is timed alongside.
+  ``--explain`` prints the statement's plan.
 
 The database is created for the run and dropped afterwards. PostgreSQL comes from ``--postgres-url`` or
 ``HUB_BENCH_POSTGRES_URL`` / ``HUB_TEST_POSTGRES_URL`` (an admin URL such as postgresql://root@127.0.0.1/postgres).
@@ -35,12 +37,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 import requests
 from cryptography.fernet import Fernet
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from hub import migrate
@@ -184,6 +188,7 @@ def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
 
 def bench_lookup(url: str, args: argparse.Namespace) -> bool:
     from hub.consent.ledger import load_ledger
+    from hub.consent.services import consent_at
     from hub.db import create_db_engine, make_sessionmaker
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -229,29 +234,55 @@ def bench_lookup(url: str, args: argparse.Namespace) -> bool:
 
     engine = create_db_engine(url)
     factory = make_sessionmaker(engine)
-    timings: list[float] = []
+    ok = True
     with factory() as session:
         for _ in range(200):  # warm-up
-            load_ledger(session, rng.choice(profiles)).at("ad_user_data", base + timedelta(days=200))
+            consent_at(session, rng.choice(profiles), "ad_user_data", base + timedelta(days=200))
         session.rollback()
-        for _ in range(args.lookups):
-            pid = rng.choice(profiles)
-            when = base + timedelta(minutes=rng.randrange(500_000))
-            purpose = PURPOSES[rng.randrange(len(PURPOSES))]
-            begin = time.perf_counter()
-            load_ledger(session, pid).at(purpose, when)
-            timings.append(time.perf_counter() - begin)
-        session.rollback()
+        if args.explain:
+            _explain(session, rng.choice(profiles), PURPOSES[0])
+        for label, lookup in (
+            # The floor: one round trip of a trivial statement through the same session on this machine.
+            ("SELECT 1 (floor)", lambda _pid, _purpose, _when: session.execute(text("SELECT 1")).scalar()),
+            ("consent_at", lambda pid, purpose, when: consent_at(session, pid, purpose, when)),
+            ("load_ledger + at (whole ledger)", lambda pid, purpose, when: load_ledger(session, pid).at(purpose, when)),
+        ):
+            timings: list[float] = []
+            for _ in range(args.lookups):
+                pid = rng.choice(profiles)
+                when = base + timedelta(minutes=rng.randrange(500_000))
+                purpose = PURPOSES[rng.randrange(len(PURPOSES))]
+                begin = time.perf_counter()
+                lookup(pid, purpose, when)
+                timings.append(time.perf_counter() - begin)
+            session.rollback()
+            timings.sort()
+            p50 = statistics.median(timings) * 1000
+            p99 = timings[int(len(timings) * 0.99)] * 1000
+            # The target is set for consent_at, the scheduler's question; the whole-ledger read is for reference.
+            met = p99 < LOOKUP_P99_TARGET_MS
+            verdict = ""
+            if label == "consent_at":
+                ok = met
+                verdict = f" (target p99 < {LOOKUP_P99_TARGET_MS} ms) {'OK' if met else 'ABOVE TARGET'}"
+            print(f"lookup: {label} over {len(timings)} random profiles: p50 {p50:.3f} ms, p99 {p99:.3f} ms{verdict}")
     engine.dispose()
-    timings.sort()
-    p50 = statistics.median(timings) * 1000
-    p99 = timings[int(len(timings) * 0.99)] * 1000
-    ok = p99 < LOOKUP_P99_TARGET_MS
-    print(
-        f"lookup: consent_at (load_ledger + at) over {len(timings)} random profiles: p50 {p50:.3f} ms, "
-        f"p99 {p99:.3f} ms (target p99 < {LOOKUP_P99_TARGET_MS} ms) {'OK' if ok else 'ABOVE TARGET'}"
-    )
     return ok
+
+
+def _explain(session: Any, profile_id: str, purpose: str) -> None:
+    """EXPLAIN ANALYZE of the single statement ``consent_at`` runs (the plan must use the indexes)."""
+    from sqlalchemy.dialects import postgresql
+
+    from hub.consent.ledger import cluster_records_query
+
+    statement, parameters = cluster_records_query(profile_id, purpose)
+    compiled = statement.params(parameters).compile(
+        dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+    )
+    for (line,) in session.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}")):
+        print(f"  {line}")
+    session.rollback()
 
 
 def main() -> int:
@@ -265,6 +296,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows for the lookup benchmark")
     parser.add_argument("--profiles", type=int, default=100_000, help="profiles for the lookup benchmark")
     parser.add_argument("--lookups", type=int, default=10_000)
+    parser.add_argument("--explain", action="store_true", help="print the lookup statement's EXPLAIN ANALYZE")
     args = parser.parse_args()
     sections = args.sections or ["webhooks", "lookup"]
     unknown = set(sections) - {"webhooks", "lookup"}

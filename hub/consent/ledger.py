@@ -9,13 +9,16 @@ with ``policy.combine_on_merge`` (DESIGN §4.2: on merge the most restrictive re
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, String, bindparam, func, select
+from sqlalchemy.orm import Session, aliased
 
 from hub.consent.models import ConsentRecord
 from hub.consent.policy import ConsentFact, ConsentLedger, combine_on_merge
-from hub.profiles.services import canonical_profile_id, cluster_ids
+from hub.profiles.models import Profile
+from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
 
 def fact_from_record(record: ConsentRecord) -> ConsentFact:
@@ -39,23 +42,100 @@ def combine_cluster(members: Sequence[Iterable[ConsentFact]]) -> ConsentLedger:
     return combined
 
 
-def load_ledger(session: Session, profile_id: str) -> ConsentLedger:
-    """The consent ledger of the person ``profile_id`` belongs to (any id of a merged cluster works)."""
-    root = canonical_profile_id(session, profile_id)
-    ids = cluster_ids(session, root)
-    rows = session.execute(
+def load_ledger(session: Session, profile_id: str, purpose: str | None = None) -> ConsentLedger:
+    """The consent ledger of the person ``profile_id`` belongs to (any id of a merged cluster works).
+
+    With ``purpose`` only that purpose's facts are read: the cluster fold (``combine_on_merge``) works purpose by
+    purpose, so the result answers every question about ``purpose`` exactly as the whole ledger would.
+    Raises ProfileNotFound.
+    """
+    statement, parameters = cluster_records_query(profile_id, purpose)
+    rows = session.execute(statement, parameters).all()
+    if not rows:
+        raise ProfileNotFound(profile_id)
+    root = rows[0].root_id
+    if any(row.member_id == root and row.member_merged_into_id is not None for row in rows):
+        return _load_ledger_walking(session, profile_id, purpose)  # a chain that was not flattened
+    by_member: dict[tuple[bool, datetime, str], list[ConsentFact]] = {}
+    for row in rows:
+        # The root first, then the members oldest first (``cluster_ids`` order): the fold is order-sensitive.
+        facts = by_member.setdefault((row.member_id != root, row.member_created_at, row.member_id), [])
+        if row.id is not None:
+            facts.append(
+                ConsentFact(
+                    id=row.id,
+                    purpose=row.purpose,
+                    status=row.status,
+                    collected_at=row.collected_at,
+                    expires_at=row.expires_at,
+                    source=row.source,
+                )
+            )
+    return combine_cluster([facts for _key, facts in sorted(by_member.items()) if facts])
+
+
+def _cluster_records_statement(*, one_purpose: bool) -> Select[Any]:
+    """One statement for the whole read: the root (merges are flattened, so one hop at most), every member
+    (the root, or merged into it; both columns are indexed) and their records, left-joined so that the root's
+    row also proves the profile exists. Records come through ``ix_consent_records_profile_purpose_time``.
+    Parameters: ``profile_id`` (and ``purpose``)."""
+    root = (
+        select(func.coalesce(Profile.merged_into_id, Profile.id))
+        .where(Profile.id == bindparam("profile_id", type_=String))
+        .scalar_subquery()
+    )
+    member = aliased(Profile, name="member")
+    on = ConsentRecord.profile_id == member.id
+    if one_purpose:
+        on = on & (ConsentRecord.purpose == bindparam("purpose", type_=String))
+    return (
         select(
+            root.label("root_id"),
+            member.id.label("member_id"),
+            member.merged_into_id.label("member_merged_into_id"),
+            member.created_at.label("member_created_at"),
             ConsentRecord.id,
-            ConsentRecord.profile_id,
             ConsentRecord.purpose,
             ConsentRecord.status,
             ConsentRecord.collected_at,
             ConsentRecord.expires_at,
             ConsentRecord.source,
-        ).where(ConsentRecord.profile_id.in_(ids) if len(ids) > 1 else ConsentRecord.profile_id == root)
+        )
+        .select_from(member)
+        .outerjoin(ConsentRecord, on)
+        .where((member.id == root) | (member.merged_into_id == root))
     )
+
+
+# Built once: constructing the statement (an alias, a subquery) costs more Python than running it.
+_CLUSTER_RECORDS = _cluster_records_statement(one_purpose=False)
+_CLUSTER_RECORDS_FOR_PURPOSE = _cluster_records_statement(one_purpose=True)
+
+
+def cluster_records_query(profile_id: str, purpose: str | None) -> tuple[Select[Any], dict[str, str]]:
+    """The statement ``load_ledger`` runs and its parameters (for EXPLAIN in the benchmark)."""
+    if purpose is None:
+        return _CLUSTER_RECORDS, {"profile_id": profile_id}
+    return _CLUSTER_RECORDS_FOR_PURPOSE, {"profile_id": profile_id, "purpose": purpose}
+
+
+def _load_ledger_walking(session: Session, profile_id: str, purpose: str | None) -> ConsentLedger:
+    """The step-by-step read, for a merge chain longer than one hop (``canonical_profile_id`` follows it)."""
+    root = canonical_profile_id(session, profile_id)
+    ids = cluster_ids(session, root)
+    query = select(
+        ConsentRecord.id,
+        ConsentRecord.profile_id,
+        ConsentRecord.purpose,
+        ConsentRecord.status,
+        ConsentRecord.collected_at,
+        ConsentRecord.expires_at,
+        ConsentRecord.source,
+    ).where(ConsentRecord.profile_id.in_(ids))
+    if purpose is not None:
+        query = query.where(ConsentRecord.purpose == purpose)
     by_profile: dict[str, list[ConsentFact]] = {member: [] for member in ids}
-    for row in rows:
+    for row in session.execute(query):
         by_profile[row.profile_id].append(
             ConsentFact(
                 id=row.id,

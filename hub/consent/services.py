@@ -535,11 +535,11 @@ def current_consent(session: Session, profile_id: str, now: datetime) -> dict[st
 
 def consent_at(session: Session, profile_id: str, purpose: str, when: datetime) -> ConsentFact | None:
     """The decision for ``purpose`` in force at ``when`` (None: never decided, or expired by then)."""
-    return load_ledger(session, profile_id).at(purpose, when)
+    return load_ledger(session, profile_id, purpose).at(purpose, when)
 
 
 def withdrawn_since(
     session: Session, profile_id: str, purpose: str, since: datetime, until: datetime
 ) -> ConsentFact | None:
     """The first denial of ``purpose`` collected in ``(since, until]`` (see ``ConsentLedger.withdrawn_since``)."""
-    return load_ledger(session, profile_id).withdrawn_since(purpose, since, until)
+    return load_ledger(session, profile_id, purpose).withdrawn_since(purpose, since, until)
