@@ -72,6 +72,8 @@ class Base(DeclarativeBase):
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
     """An engine with hub's per-backend settings (SQLite: WAL, foreign keys, real transactions)."""
     parsed = make_url(url)
+    # Statement parameters carry identifiers and tokens: keep them out of exception messages and logs.
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {})
         kwargs["connect_args"].setdefault("timeout", 30)

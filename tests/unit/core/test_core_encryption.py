@@ -27,3 +27,18 @@ def test_wrong_key_is_a_clear_error() -> None:
     token = FieldEncryptor([Fernet.generate_key().decode()]).encrypt("x")
     with pytest.raises(DecryptionError, match="HUB_ENCRYPTION_KEY"):
         FieldEncryptor([Fernet.generate_key().decode()]).decrypt(token)
+
+
+def test_database_errors_never_echo_statement_parameters() -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from hub.db import create_db_engine
+
+    engine = create_db_engine("sqlite://")
+    try:
+        with engine.connect() as conn, pytest.raises(OperationalError) as excinfo:
+            conn.execute(text("SELECT * FROM missing WHERE email = :email"), {"email": "ann@example.com"})
+    finally:
+        engine.dispose()
+    assert "ann@example.com" not in str(excinfo.value)
