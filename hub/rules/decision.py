@@ -40,7 +40,7 @@ from typing import Any
 
 from hub.consent.policy import OPT_OUT_PURPOSES, PURPOSES, ConsentFact, ConsentLedger
 from hub.mappings.apply import MappingDefinition
-from hub.rules.regions import ldu_options, normalize_region, normalize_selector, select_rule
+from hub.rules.regions import RuleTable, ldu_options, normalize_region, normalize_selector, select_rule
 
 MODES: tuple[str, ...] = ("opt_in", "opt_out", "block")
 LDU_MODES: tuple[str, ...] = ("never", "on_opt_out", "always")
@@ -413,9 +413,10 @@ def decide(
 
     Consent is evaluated as of the event *and* as of now (DESIGN §4.3; consent.md §6 "both must allow"). An event
     stamped in the future (client clock skew) is evaluated as of `now`, never against decisions not yet made.
+    `rules` may be a `RuleTable` (a batch deciding many events selects each region's rule once).
     """
     region, region_source = _resolve_region(event)
-    rule = select_rule(rules, region)
+    rule = rules.select(region) if isinstance(rules, RuleTable) else select_rule(rules, region)
     mapping = mappings.get(event.source_event)
     region_words = f"{region} (region from the {region_source})" if region else "an unknown region"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pycountry
 
@@ -64,6 +64,12 @@ def normalize_selector(value: str | None) -> str | None:
     """A rule selector: `*`, a group name (`EEA`, `EU`), a country or a subdivision; None when invalid."""
     if not isinstance(value, str):
         return None
+    return _normalize_selector_text(value)
+
+
+@lru_cache(maxsize=4096)
+def _normalize_selector_text(value: str) -> str | None:
+    # Cached: the scheduler asks for every rule's selector for every event it decides.
     code = value.strip().upper()
     if code == WILDCARD or code in GROUPS:
         return code
@@ -112,6 +118,7 @@ class RegionSelected(Protocol):
 RuleT = TypeVar("RuleT", bound=RegionSelected)
 
 
+@lru_cache(maxsize=4096)
 def _rank(selector: str) -> tuple[int, int]:
     code = normalize_selector(selector) or WILDCARD
     # Among groups, fewer members = more specific; negate so that max() prefers the smaller group.
@@ -133,6 +140,30 @@ def select_rule(rules: Iterable[RuleT], region: str | None) -> RuleT | None:
         if best_rank is None or rank > best_rank:
             best, best_rank = rule, rank
     return best
+
+
+class RuleTable(tuple):  # type: ignore[type-arg]
+    """An ordered collection of rules that remembers `select_rule`'s answer for each region it was asked about.
+
+    A scheduler batch decides many events against the same rules, and events come from few regions: selecting
+    once per region instead of scanning every rule's selector for every event. It is a tuple of the rules, so it
+    goes wherever a sequence of rules does; the answers are exactly `select_rule(rules, region)`'s.
+    """
+
+    _selected: dict[str | None, Any]
+
+    def __new__(cls, rules: Iterable[object]) -> RuleTable:
+        table = super().__new__(cls, rules)
+        table._selected = {}
+        return table
+
+    def select(self, region: str | None) -> Any:
+        """`select_rule(self, region)`, computed once per region."""
+        try:
+            return self._selected[region]
+        except KeyError:
+            rule = self._selected[region] = select_rule(self, region)
+            return rule
 
 
 # Meta's `data_processing_options_state` codes (reference/capi.md §7 [DPO], upd. 2026-05-21). Meta applies LDU
