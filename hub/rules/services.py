@@ -10,7 +10,7 @@ Rule CRUD validates with `validate_rule` (known purposes include admins' custom 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -288,22 +288,48 @@ def decide_stored_event(
     decision = decide(facts, ledger, rules, mappings, now, grace)
     if metrics is not None:
         metrics.decisions.labels(outcome=decision.outcome, reason=decision.reason_code).inc()
-    if decision.outcome == "wait":
-        event.next_attempt_at = event.received_at + grace
-        return decision
-    event.decision = decision.to_record()
-    event.decided_at = now
-    event.mapping_id = decision.mapping_id if isinstance(decision.mapping_id, int) else None
-    event.mapping_version = decision.mapping_version if event.mapping_id is not None else None
-    if decision.outcome == "block":
-        event.status = "blocked"
-        event.next_attempt_at = None
-        return decision
-    destination = decision.destination if isinstance(decision.destination, int) else None
-    if destination is None and event.mapping_id is not None:
+
+    def mapping_destination(mapping_id: int) -> int | None:
         # session.get: the identity map answers (load_mapping_definitions loaded the rows), not one query per event.
-        mapping_row = session.get(EventMapping, event.mapping_id)
-        destination = mapping_row.destination_id if mapping_row is not None else None
-    if destination is not None:
-        event.destination_id = destination
+        mapping_row = session.get(EventMapping, mapping_id)
+        return mapping_row.destination_id if mapping_row is not None else None
+
+    for name, value in decision_changes(
+        decision, received_at=event.received_at, now=now, grace=grace, mapping_destination=mapping_destination
+    ).items():
+        setattr(event, name, value)
     return decision
+
+
+def decision_changes(
+    decision: Decision,
+    *,
+    received_at: datetime,
+    now: datetime,
+    grace: timedelta,
+    mapping_destination: Callable[[int], int | None],
+) -> dict[str, Any]:
+    """The `events` columns `decide_stored_event` records for `decision` (column name → new value).
+
+    `mapping_destination(mapping_id)` is the mapping's destination id (None: none); it is only asked when the rule
+    names no destination. A scheduler batch writes these for many events in one statement.
+    """
+    if decision.outcome == "wait":
+        return {"next_attempt_at": received_at + grace}
+    mapping_id = decision.mapping_id if isinstance(decision.mapping_id, int) else None
+    changes: dict[str, Any] = {
+        "decision": decision.to_record(),
+        "decided_at": now,
+        "mapping_id": mapping_id,
+        "mapping_version": decision.mapping_version if mapping_id is not None else None,
+    }
+    if decision.outcome == "block":
+        changes["status"] = "blocked"
+        changes["next_attempt_at"] = None
+        return changes
+    destination = decision.destination if isinstance(decision.destination, int) else None
+    if destination is None and mapping_id is not None:
+        destination = mapping_destination(mapping_id)
+    if destination is not None:
+        changes["destination_id"] = destination
+    return changes
