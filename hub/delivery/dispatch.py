@@ -5,7 +5,8 @@ One batch (``dispatch_batch``) is three kinds of short transactions and never ho
 1. **claim + prepare** (one transaction): select due events — ``pending``/``retrying``, ``next_attempt_at <= now``,
    no live lease, not routed to a paused destination — oldest first, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
    (several workers share the queue; SQLite's ``BEGIN IMMEDIATE`` serializes its single worker). Each event is
-   decided again (``decide_stored_event``: the consent grace period → ``wait``; consent withdrawn → ``blocked``),
+   decided again (as ``decide_stored_event`` decides, with the people of the whole batch read at once: the consent
+   grace period → ``wait``; consent withdrawn → ``blocked``),
    mapped, its identifiers assembled and its CAPI event built; what Meta would reject is blocked with the
    reason (``payload_rejected:<code>``). Events to send get a lease (``lease_owner``, ``lease_expires_at``) and
    the transaction commits *before* anything is sent.
@@ -39,22 +40,25 @@ import os
 import random
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.config import Settings
+from hub.consent.policy import ConsentLedger
 from hub.db import session_scope, utcnow
 from hub.delivery.assemble import PersonIdentifiers, capi_input, ldu_from_decision, merge_identifiers
 from hub.delivery.backoff import give_up_at, next_delay
 from hub.delivery.client import CapiClient, CapiResponse
 from hub.delivery.destinations import destination_credentials, effective_test_event_code, pause_destination
 from hub.delivery.errors import ErrorClass
+from hub.delivery.ledgers import load_people_consent
 from hub.delivery.models import DeliveryAttempt, Destination
 from hub.delivery.options import DeliveryOptions, delivery_options
 from hub.delivery.payload import MAX_EVENTS_PER_REQUEST, PayloadRejected, build_capi_event, build_request_body
@@ -66,7 +70,9 @@ from hub.mappings.services import load_mapping_definitions
 from hub.metrics import Metrics
 from hub.profiles.models import Identity, Profile
 from hub.profiles.services import profile_traits
-from hub.rules.services import decide_stored_event, load_rules
+from hub.rules.decision import EventFacts, decide
+from hub.rules.regions import RuleTable
+from hub.rules.services import decision_changes, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,8 @@ DUE_STATUSES = ("pending", "retrying")
 NO_DESTINATION_RETRY = timedelta(minutes=1)
 
 _events = Event.__table__
+# The ledger of an event without a person (or whose person is gone): nothing on record.
+_NO_CONSENT = ConsentLedger(())
 
 
 @dataclass
@@ -217,17 +225,18 @@ def dispatch_batch(context: DeliveryContext, *, now: datetime, size: int | None 
 
 
 def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) -> Any:
-    query = select(Event).where(
-        Event.status.in_(DUE_STATUSES),
-        Event.next_attempt_at <= now,
-        or_(Event.lease_expires_at.is_(None), Event.lease_expires_at <= now),
+    # Core rows, not ORM entities: the batch's changes are written back in a few executemany UPDATEs.
+    query = select(_events).where(
+        _events.c.status.in_(DUE_STATUSES),
+        _events.c.next_attempt_at <= now,
+        or_(_events.c.lease_expires_at.is_(None), _events.c.lease_expires_at <= now),
     )
     if paused:
-        query = query.where(or_(Event.destination_id.is_(None), Event.destination_id.not_in(paused)))
-    query = query.order_by(Event.next_attempt_at, Event.id).limit(size)
+        query = query.where(or_(_events.c.destination_id.is_(None), _events.c.destination_id.not_in(paused)))
+    query = query.order_by(_events.c.next_attempt_at, _events.c.id).limit(size)
     if dialect == "postgresql":
         # Several workers share the queue: each takes rows nobody else has locked (DESIGN §4.6).
-        query = query.with_for_update(skip_locked=True, of=Event)
+        query = query.with_for_update(skip_locked=True, of=_events)
     return query
 
 
@@ -239,31 +248,53 @@ def _claim_and_prepare(
     with session_scope(context.sessionmaker) as session:
         destinations = {d.id: d for d in session.scalars(select(Destination))}
         paused = [d.id for d in destinations.values() if d.status == "paused"]
-        events = list(session.scalars(_claim_query(now, paused, size, context.dialect)))
+        events = session.execute(_claim_query(now, paused, size, context.dialect)).all()
         summary.claimed = len(events)
         if not events:
             return groups, targets
-        rules = load_rules(session)
+        # Loaded once per batch: rules and mappings do not change within a batch; each region's rule is selected once.
+        rules = RuleTable(load_rules(session))
         mappings = load_mapping_definitions(session)
-        # Held for the batch so decide_stored_event finds each mapping's destination in the identity map.
-        mapping_rows = list(session.scalars(select(EventMapping)))
+        mapping_destinations = {
+            row.id: row.destination_id for row in session.execute(select(EventMapping.id, EventMapping.destination_id))
+        }
         default = next((d for d in destinations.values() if d.is_default), None)
-        people = _people(session, context.encryptor, {e.profile_id for e in events if e.profile_id})
+        profile_ids = {e.profile_id for e in events if e.profile_id}
+        consent = load_people_consent(session, profile_ids)
+        people = _people(session, context.encryptor, profile_ids)
+        grace = timedelta(seconds=context.settings.consent_grace_seconds)
+        lease_expires_at = now + timedelta(seconds=context.options.lease_seconds)
+        decisions: Counter[tuple[str, str]] = Counter()
+        changes: list[dict[str, Any]] = []
         missing_destination = 0
-        # One flush for the whole batch at commit (executemany), not an autoflush before every query per event.
+        # Nothing is written per event: every event's changed columns are collected and written at the end, rows
+        # with the same changed columns in one executemany UPDATE (the rows are locked by the claim).
         with session.no_autoflush:
             for event in events:
                 stale_lease = event.lease_owner is not None
-                event.lease_owner = None
-                event.lease_expires_at = None
-                decision = decide_stored_event(
-                    session,
-                    event,
-                    now=now,
-                    settings=context.settings,
-                    rules=rules,
-                    mappings=mappings,
-                    metrics=context.metrics,
+                change: dict[str, Any] = {"id": event.id, "lease_owner": None, "lease_expires_at": None}
+                changes.append(change)
+                person = consent.get(event.profile_id) if event.profile_id is not None else None
+                facts = EventFacts(
+                    event_id=event.event_id,
+                    source_event=event.source_event,
+                    occurred_at=event.occurred_at,
+                    received_at=event.received_at,
+                    region=event.region,
+                    profile_region=person.region if person is not None else None,
+                    gpc=event.gpc,
+                    suppressed=bool(event.suppressed),
+                )
+                decision = decide(facts, person.ledger if person else _NO_CONSENT, rules, mappings, now, grace)
+                decisions[(decision.outcome, decision.reason_code)] += 1
+                change.update(
+                    decision_changes(
+                        decision,
+                        received_at=event.received_at,
+                        now=now,
+                        grace=grace,
+                        mapping_destination=mapping_destinations.get,
+                    )
                 )
                 if decision.outcome == "wait":
                     summary.waiting += 1
@@ -271,11 +302,12 @@ def _claim_and_prepare(
                 if decision.outcome == "block":
                     summary.blocked += 1
                     continue
-                destination = destinations.get(event.destination_id) if event.destination_id is not None else default
+                destination_id = change.get("destination_id", event.destination_id)
+                destination = destinations.get(destination_id) if destination_id is not None else default
                 if destination is None:
                     # Not routable: nothing configured yet. Kept (not lost) and looked at again shortly.
-                    event.next_attempt_at = now + NO_DESTINATION_RETRY
-                    event.last_error = {
+                    change["next_attempt_at"] = now + NO_DESTINATION_RETRY
+                    change["last_error"] = {
                         "reason": "no_destination",
                         "message": "no destination is configured for this event (add one with `hub destination add`)",
                         "at": _iso(now),
@@ -283,16 +315,16 @@ def _claim_and_prepare(
                     missing_destination += 1
                     summary.held += 1
                     continue
-                event.destination_id = destination.id
+                change["destination_id"] = destination.id
                 if destination.status == "paused":
                     summary.held += 1
                     continue
                 held_until = context.throttled_until.get(destination.id)
                 if held_until is not None and held_until > now:
-                    event.next_attempt_at = held_until
+                    change["next_attempt_at"] = held_until
                     summary.held += 1
                     continue
-                payload = _build(context, session, event, mappings, people, now, summary)
+                payload = _build(context, event, change, mappings, people, now, summary)
                 if payload is None:
                     continue
                 if destination.id not in targets:
@@ -307,18 +339,31 @@ def _claim_and_prepare(
                 if stale_lease:
                     # Claimed before by a worker whose lease ran out: it may have sent this event. Resent with the same
                     # event_id; counted so an operator sees it (Meta does not dedup server events, capi.md §8).
-                    event.unknown_outcome_resends += 1
+                    change["unknown_outcome_resends"] = event.unknown_outcome_resends + 1
                     summary.unknown_outcome_resends += 1
                     context.metrics.unknown_outcome_resends.inc()
-                event.lease_owner = context.worker_id
-                event.lease_expires_at = now + timedelta(seconds=context.options.lease_seconds)
+                change["lease_owner"] = context.worker_id
+                change["lease_expires_at"] = lease_expires_at
                 groups.setdefault(destination.id, []).append(
                     _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
                 )
-        del mapping_rows
+        _write_changes(session, changes)
+        for (outcome, reason), count in decisions.items():
+            context.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
         if missing_destination:
             log.warning("%d event(s) are waiting for a destination: none is configured", missing_destination)
     return groups, targets
+
+
+def _write_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
+    """One executemany UPDATE per set of changed columns (a batch has a handful: sent, blocked, waiting...)."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        by_columns.setdefault(tuple(sorted(change)), []).append(change)
+    for columns, rows in by_columns.items():
+        values = {name: bindparam(f"v_{name}", type_=_events.c[name].type) for name in columns if name != "id"}
+        params = [{f"v_{name}": value for name, value in row.items()} for row in rows]
+        session.execute(update(_events).where(_events.c.id == bindparam("v_id")).values(values), params)
 
 
 def _target(context: DeliveryContext, destination: Destination) -> _Target | None:
@@ -367,24 +412,24 @@ def _people(session: Session, encryptor: FieldEncryptor, profile_ids: Iterable[s
 
 def _build(
     context: DeliveryContext,
-    session: Session,
-    event: Event,
+    event: Row[Any],
+    change: dict[str, Any],
     mappings: Mapping[str, Any],
     people: Mapping[str, PersonIdentifiers],
     now: datetime,
     summary: RunSummary,
 ) -> dict[str, Any] | None:
-    """The CAPI event for a decided event, or None after recording why it cannot be sent."""
+    """The CAPI event for a decided event, or None after recording (in ``change``) why it cannot be sent."""
     mapping = mappings[event.source_event]  # the decision said "send", so the mapping exists and is enabled
     mapped = apply_mapping(mapping, event.properties, event_action_source=event.action_source)
     if mapped.errors:
         first = next(iter(mapped.errors.items()))
-        _refuse(context, event, PayloadRejected("mapping_errors", "; ".join(mapped.errors.values()), first[0]), now)
+        _refuse(context, change, PayloadRejected("mapping_errors", "; ".join(mapped.errors.values()), first[0]), now)
         summary.blocked += 1
         return None
     user_data = context.encryptor.decrypt_json(event.user_data_encrypted) if event.user_data_encrypted else None
     hashed, plain = merge_identifiers(user_data, people.get(event.profile_id) if event.profile_id else None)
-    decision = event.decision or {}
+    decision = change["decision"]
     try:
         return build_capi_event(
             capi_input(
@@ -402,10 +447,10 @@ def _build(
     except PayloadRejected as rejected:
         if rejected.code == "too_old" and event.status == "retrying":
             # It was sendable once and our retries ran out of Meta's 7-day window: a dead letter, not a block.
-            _dead_in_session(event, now, _local_error(rejected, now))
+            _dead_in_batch(change, _local_error(rejected, now))
             summary.dead += 1
         else:
-            _refuse(context, event, rejected, now)
+            _refuse(context, change, rejected, now)
             summary.blocked += 1
         return None
 
@@ -420,27 +465,27 @@ def _local_error(rejected: PayloadRejected, now: datetime) -> dict[str, Any]:
     }
 
 
-def _refuse(context: DeliveryContext, event: Event, rejected: PayloadRejected, now: datetime) -> None:
+def _refuse(context: DeliveryContext, change: dict[str, Any], rejected: PayloadRejected, now: datetime) -> None:
     """Block an event Meta would reject (never sent, not a dead letter), with the reason recorded."""
     reason = f"payload_rejected:{rejected.code}"
-    event.status = "blocked"
-    event.next_attempt_at = None
-    event.decision = {
-        **(event.decision or {}),
+    change["status"] = "blocked"
+    change["next_attempt_at"] = None
+    change["decision"] = {
+        **(change.get("decision") or {}),
         "outcome": "block",
         "reason_code": reason,
         "explanation": f"Blocked before sending: {rejected.message}"
         + (f" (field {rejected.field})" if rejected.field else ""),
         "payload_error": {"code": rejected.code, "message": rejected.message, "field": rejected.field},
     }
-    event.decided_at = now
+    change["decided_at"] = now
     context.metrics.decisions.labels(outcome="block", reason=reason).inc()
 
 
-def _dead_in_session(event: Event, now: datetime, error: Mapping[str, Any]) -> None:
-    event.status = "dead"
-    event.next_attempt_at = None
-    event.last_error = dict(error)
+def _dead_in_batch(change: dict[str, Any], error: Mapping[str, Any]) -> None:
+    change["status"] = "dead"
+    change["next_attempt_at"] = None
+    change["last_error"] = dict(error)
 
 
 # -- sending and recording -------------------------------------------------------------------------------------
