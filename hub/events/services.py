@@ -51,11 +51,15 @@ from hub.events.schemas import ParsedEvent, parse_event
 from hub.profiles.identifiers import identity_policy
 from hub.profiles.normalize import fbc_from_url
 from hub.profiles.services import (
+    BatchPlan,
     PreparedIdentity,
     Resolution,
+    complete_many,
+    insert_ignoring_conflicts,
     is_lock_conflict,
+    plan_many,
     prepare_identity,
-    resolve_many,
+    refresh_last_seen,
     resolve_prepared,
 )
 
@@ -186,17 +190,28 @@ def ingest_events(
             seen_in_batch[checked.event_id] = index
             candidates.append(checked)
 
-    stored = _existing(session, [c.event_id for c in candidates]) if candidates else {}
     policy = identity_policy(settings.extra)
-    new: list[_Candidate] = []
-    for candidate in candidates:
-        if candidate.event_id in stored:
-            results[candidate.index] = IngestResult(
-                candidate.index, candidate.event_id, DUPLICATE, profile_id=stored[candidate.event_id]
-            )
-        else:
-            new.append(candidate)
-    stored_results = _store_retrying_lock_conflicts(session, encryptor, new, settings, now, grace, policy)
+    plan = (
+        plan_many(session, encryptor, [c.prepared for c in candidates], settings=settings, now=now, policy=policy)
+        if candidates
+        else None
+    )
+    stored_results: list[IngestResult] = []
+    if plan is not None and not plan.writes:
+        stored_results = _store_without_resolution_writes(session, encryptor, candidates, plan, now, grace)
+    elif plan is not None:
+        stored = _existing(session, [c.event_id for c in candidates])
+        new: list[_Candidate] = []
+        for candidate in candidates:
+            if candidate.event_id in stored:
+                results[candidate.index] = IngestResult(
+                    candidate.index, candidate.event_id, DUPLICATE, profile_id=stored[candidate.event_id]
+                )
+            else:
+                new.append(candidate)
+        # The plan stays valid when no event was dropped as a duplicate: nothing was written since it was read.
+        reuse = plan if len(new) == len(candidates) else None
+        stored_results = _store_retrying_lock_conflicts(session, encryptor, new, settings, now, grace, policy, reuse)
     first_profile: dict[str, str | None] = {}
     for result in stored_results:
         results[result.index] = result
@@ -214,6 +229,35 @@ LOCK_CONFLICT_ATTEMPTS = 3
 LOCK_CONFLICT_BACKOFF_SECONDS = 0.02
 
 
+def _store_without_resolution_writes(
+    session: Session,
+    encryptor: FieldEncryptor,
+    candidates: Sequence[_Candidate],
+    plan: BatchPlan,
+    now: datetime,
+    grace: timedelta,
+) -> list[IngestResult]:
+    """The batch creates, attaches and merges nothing (returning people, unknown browsers, erased people): its
+    events are inserted with ON CONFLICT (event_id) DO NOTHING, so no SAVEPOINT and no look-up of existing ids
+    is needed. An event_id already stored (or being stored by a concurrent request) is skipped and reported as
+    a duplicate with the stored copy's profile, and changes nothing: last_seen_at is refreshed only for the
+    events that were inserted."""
+    answers = [answer for answer in plan.answers if answer is not None]
+    rows = [_event_row(encryptor, c, r, now, grace) for c, r in zip(candidates, answers, strict=True)]
+    statement = insert_ignoring_conflicts(session, Event.__table__, ("event_id",)).returning(Event.event_id)
+    inserted = set(session.scalars(statement, rows))
+    kept = [index for index, c in enumerate(candidates) if c.event_id in inserted]
+    refresh_last_seen(session, plan.touch_ids(kept), now)
+    taken = [c.event_id for c in candidates if c.event_id not in inserted]
+    stored = _existing(session, taken) if taken else {}
+    return [
+        IngestResult(c.index, c.event_id, ACCEPTED, r.profile_id)
+        if c.event_id in inserted
+        else IngestResult(c.index, c.event_id, DUPLICATE, profile_id=stored.get(c.event_id))
+        for c, r in zip(candidates, answers, strict=True)
+    ]
+
+
 def _store_retrying_lock_conflicts(
     session: Session,
     encryptor: FieldEncryptor,
@@ -222,10 +266,11 @@ def _store_retrying_lock_conflicts(
     now: datetime,
     grace: timedelta,
     policy: Any,
+    plan: BatchPlan | None = None,
 ) -> list[IngestResult]:
     for attempt in range(1, LOCK_CONFLICT_ATTEMPTS + 1):
         try:
-            return _store_together(session, encryptor, candidates, settings, now, grace, policy)
+            return _store_together(session, encryptor, candidates, settings, now, grace, policy, plan)
         except IntegrityError:
             # Another request stored one of these event_ids after our look-up: redo them one SAVEPOINT each, so
             # that event is reported as a duplicate and the others are kept.
@@ -236,6 +281,7 @@ def _store_retrying_lock_conflicts(
             if not is_lock_conflict(error) or attempt == LOCK_CONFLICT_ATTEMPTS:
                 raise
             log.info("event batch retried after a lock conflict (attempt %d): %s", attempt, type(error.orig).__name__)
+            plan = None  # read again: the conflicting transaction may have changed what the plan saw
             time.sleep(LOCK_CONFLICT_BACKOFF_SECONDS * attempt * (0.5 + random.random()))  # noqa: S311 (jitter, not a secret)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -276,9 +322,11 @@ def _store_together(
     now: datetime,
     grace: timedelta,
     policy: Any,
+    plan: BatchPlan | None = None,
 ) -> list[IngestResult]:
-    """The fast path: the batch's identities resolved together (``resolve_many``: one lookup, multi-row inserts,
-    no SAVEPOINT per person), then every event inserted in one multi-row statement, all in one SAVEPOINT.
+    """The batch path when resolution writes: the batch's identities resolved together (``plan_many`` and
+    ``complete_many``: one lookup, multi-row inserts, no SAVEPOINT per person), then every event inserted in one
+    multi-row statement, all in one SAVEPOINT. ``plan``: a plan read earlier in this transaction, still valid.
 
     Raises IntegrityError (with the SAVEPOINT rolled back, so nothing of the batch remains) when an event_id was
     taken concurrently; the caller then falls back to one SAVEPOINT per event. Per-event SAVEPOINTs cost two
@@ -287,14 +335,12 @@ def _store_together(
     if not candidates:
         return []
     with session.begin_nested():
-        resolutions = resolve_many(
-            session,
-            encryptor,
-            [c.prepared for c in candidates],
-            source=RESOLUTION_SOURCE,
-            settings=settings,
-            now=now,
-            policy=policy,
+        if plan is None:
+            plan = plan_many(
+                session, encryptor, [c.prepared for c in candidates], settings=settings, now=now, policy=policy
+            )
+        resolutions = complete_many(
+            session, encryptor, plan, source=RESOLUTION_SOURCE, settings=settings, now=now, policy=policy
         )
         rows = [_event_row(encryptor, c, r, now, grace) for c, r in zip(candidates, resolutions, strict=True)]
         # Core insert: one multi-row INSERT without the ORM's per-object bookkeeping, in input order.

@@ -253,7 +253,7 @@ def resolve_prepared(
     quick = _resolution_without_writes(encryptor, prepared, candidates, notes, base, snapshot, now, {})
     if quick is not None:
         resolution, touch = quick
-        _touch(session, touch, now)
+        refresh_last_seen(session, touch, now)
         return resolution
     if _is_new_person(candidates, snapshot):
         [created] = _create_new_people(session, encryptor, [(prepared, candidates, notes)], policy, now)
@@ -344,10 +344,53 @@ def resolve_many(
     resolved item by item in the order of their smallest identifier, so concurrent batches wait for each other
     instead of deadlocking in the common cases (callers still treat a deadlock as retryable).
     """
+    plan = plan_many(session, encryptor, items, settings=settings, now=now, policy=policy)
+    return complete_many(session, encryptor, plan, source=source, settings=settings, now=now, policy=policy)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What ``plan_many`` decided for a batch from one lookup, before anything was written.
+
+    ``answers[i]``: item i's final resolution when it needs no write (refreshing last_seen_at aside), else None.
+    ``touch[i]``: identity ids whose last_seen_at item i refreshes. ``writes``: whether completing the batch
+    creates, attaches or merges anything; when it does not, the answers are final and a caller may store its
+    own rows first and then refresh last_seen_at only for the items it kept (``touch_ids``).
+    """
+
+    items: tuple[PreparedIdentity, ...]
+    answers: tuple[Resolution | None, ...]
+    touch: tuple[tuple[int, ...], ...]
+    new_people: tuple[int, ...]
+    slow_groups: tuple[tuple[int, ...], ...]
+    usable: tuple[tuple[tuple[IdentifierCandidate, ...], tuple[str, ...]], ...]
+    bases: tuple[Resolution, ...]
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.new_people or self.slow_groups)
+
+    def touch_ids(self, indexes: Collection[int]) -> list[int]:
+        """The identity ids to refresh for these items, sorted (the order rows are locked in)."""
+        return sorted({identity_id for index in indexes for identity_id in self.touch[index]})
+
+
+def plan_many(
+    session: Session,
+    encryptor: FieldEncryptor,
+    items: Sequence[PreparedIdentity],
+    *,
+    settings: Settings,
+    now: datetime,
+    policy: IdentityPolicy | None = None,
+) -> BatchPlan:
+    """Read (one lookup per ``LOOKUP_CHUNK`` identifiers) and decide how each item of a batch resolves; writes
+    nothing. See ``resolve_many`` for the grouping."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
     policy = policy or identity_policy(settings.extra)
-    results: list[Resolution | None] = [None] * len(items)
+    answers: list[Resolution | None] = [None] * len(items)
+    touch: list[tuple[int, ...]] = [()] * len(items)
     usable: list[tuple[list[IdentifierCandidate], list[str]]] = []
     bases: list[Resolution] = []
     for index, prepared in enumerate(items):
@@ -355,7 +398,7 @@ def resolve_many(
         usable.append((candidates, notes))
         bases.append(Resolution(profile_id=None, normalized=prepared.normalized, errors=dict(prepared.errors)))
         if not candidates:
-            results[index] = _with(bases[index], notes=(*notes, NO_IDENTIFIER_NOTE))
+            answers[index] = _with(bases[index], notes=(*notes, NO_IDENTIFIER_NOTE))
     snapshot = _lookup(session, [c for candidates, _notes in usable for c in candidates])
 
     # Group items that share an identifier or a profile (union-find over item, identifier and profile nodes).
@@ -386,10 +429,9 @@ def resolve_many(
         if candidates:
             groups.setdefault(find(("item", index)), []).append(index)
 
-    touch: set[int] = set()
     traits_cache: dict[str, dict[str, str]] = {}
     new_people: list[int] = []
-    slow_groups: list[list[int]] = []
+    slow_groups: list[tuple[int, ...]] = []
     for members in groups.values():
         if len(members) == 1 and _is_new_person(usable[members[0]][0], snapshot):
             new_people.append(members[0])
@@ -405,19 +447,46 @@ def resolve_many(
             quick.append((index, *answer))
         else:
             for index, resolution, ids in quick:
-                results[index] = resolution
-                touch.update(ids)
+                answers[index] = resolution
+                touch[index] = tuple(ids)
             continue
-        slow_groups.append(members)
+        slow_groups.append(tuple(members))
+    return BatchPlan(
+        items=tuple(items),
+        answers=tuple(answers),
+        touch=tuple(touch),
+        new_people=tuple(new_people),
+        slow_groups=tuple(slow_groups),
+        usable=tuple((tuple(candidates), tuple(notes)) for candidates, notes in usable),
+        bases=tuple(bases),
+    )
 
-    if new_people:
-        batch = [(items[i], usable[i][0], usable[i][1]) for i in new_people]
-        for index, created in zip(new_people, _create_new_people(session, encryptor, batch, policy, now), strict=True):
+
+def complete_many(
+    session: Session,
+    encryptor: FieldEncryptor,
+    plan: BatchPlan,
+    *,
+    source: str,
+    settings: Settings,
+    now: datetime,
+    policy: IdentityPolicy | None = None,
+) -> list[Resolution]:
+    """Carry out a ``plan_many`` plan in the same transaction: create the new people, refresh last_seen_at,
+    resolve the remaining groups; one resolution per item, in input order."""
+    policy = policy or identity_policy(settings.extra)
+    items, usable, bases = plan.items, plan.usable, plan.bases
+    results = list(plan.answers)
+    slow_groups = [list(members) for members in plan.slow_groups]
+    if plan.new_people:
+        batch = [(items[i], usable[i][0], usable[i][1]) for i in plan.new_people]
+        created_people = _create_new_people(session, encryptor, batch, policy, now)
+        for index, created in zip(plan.new_people, created_people, strict=True):
             if created is None:
                 slow_groups.append([index])  # lost a race to a concurrent writer: resolve it like the others
             else:
                 results[index] = created
-    _touch(session, sorted(touch), now)
+    refresh_last_seen(session, plan.touch_ids(range(len(items))), now)
 
     if slow_groups:
         slow_groups.sort(key=lambda members: min((c.kind, c.value_hash) for i in members for c in usable[i][0]))
@@ -428,7 +497,15 @@ def resolve_many(
                 for index in slow:
                     candidates, notes = usable[index]
                     done[index] = _resolve_once(
-                        session, encryptor, items[index], candidates, notes, bases[index], source, policy, now
+                        session,
+                        encryptor,
+                        items[index],
+                        list(candidates),
+                        list(notes),
+                        bases[index],
+                        source,
+                        policy,
+                        now,
                     )
         except (IntegrityError, _Retry) as error:
             log.debug("batch resolution went one item at a time after a concurrent change (%s)", type(error).__name__)
@@ -512,7 +589,8 @@ WEAK_ONLY_NOTE = (
 )
 
 
-def _touch(session: Session, identity_ids: Sequence[int], now: datetime) -> None:
+def refresh_last_seen(session: Session, identity_ids: Sequence[int], now: datetime) -> None:
+    """Set last_seen_at of these identities to ``now`` (one UPDATE; rows locked in id order)."""
     if identity_ids:
         session.execute(
             update(Identity).where(Identity.id.in_(sorted(identity_ids))).values(last_seen_at=now),
@@ -520,7 +598,7 @@ def _touch(session: Session, identity_ids: Sequence[int], now: datetime) -> None
         )
 
 
-def _insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequence[str]) -> Any:
+def insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequence[str]) -> Any:
     """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` in the session's dialect (PostgreSQL, SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
@@ -591,7 +669,7 @@ def _create_new_people(
     session.execute(insert(Profile.__table__), profiles)
     inserted: set[tuple[str, str]] = set()
     if identities:
-        statement = _insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
+        statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
         rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
         inserted = {(row.kind, row.value_hash) for row in rows}
     lost = {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}

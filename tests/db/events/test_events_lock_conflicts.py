@@ -66,17 +66,17 @@ def test_a_deadlocked_batch_is_retried_and_stored_once(
 ) -> None:
     """The first attempt writes profiles, then is chosen as a deadlock victim: its SAVEPOINT goes, the retry
     stores every event once and no profile of the failed attempt remains."""
-    real_resolve_many = services.resolve_many
+    real_complete_many = services.complete_many
     attempts = {"n": 0}
 
     def deadlocking_once(*args: Any, **kwargs: Any) -> Any:
         attempts["n"] += 1
-        resolutions = real_resolve_many(*args, **kwargs)
+        resolutions = real_complete_many(*args, **kwargs)
         if attempts["n"] == 1:
             raise wrapped(psycopg.errors.DeadlockDetected("deadlock detected"))
         return resolutions
 
-    monkeypatch.setattr(services, "resolve_many", deadlocking_once)
+    monkeypatch.setattr(services, "complete_many", deadlocking_once)
     monkeypatch.setattr(services, "LOCK_CONFLICT_BACKOFF_SECONDS", 0.0)
     events = [ev("d-1", "ann@shop.example"), ev("d-2", "bob@shop.example"), ev("d-3", "ann@shop.example")]
     results = ingest_events(db_session, ENCRYPTOR, events, settings=settings, now=NOW)
@@ -101,14 +101,14 @@ def test_retries_are_bounded_and_other_errors_are_not_retried(
         return fail
 
     monkeypatch.setattr(services, "LOCK_CONFLICT_BACKOFF_SECONDS", 0.0)
-    monkeypatch.setattr(services, "resolve_many", always(wrapped(psycopg.errors.LockNotAvailable("lock timeout"))))
+    monkeypatch.setattr(services, "complete_many", always(wrapped(psycopg.errors.LockNotAvailable("lock timeout"))))
     with pytest.raises(OperationalError) as raised:
         ingest_events(db_session, ENCRYPTOR, [ev("b-1", "ann@shop.example")], settings=settings, now=NOW)
     assert is_lock_conflict(raised.value)
     assert calls["n"] == services.LOCK_CONFLICT_ATTEMPTS
 
     calls["n"] = 0
-    monkeypatch.setattr(services, "resolve_many", always(wrapped(psycopg.errors.UndefinedTable("no relation"))))
+    monkeypatch.setattr(services, "complete_many", always(wrapped(psycopg.errors.UndefinedTable("no relation"))))
     with pytest.raises(OperationalError):
         ingest_events(db_session, ENCRYPTOR, [ev("b-2", "ann@shop.example")], settings=settings, now=NOW)
     assert calls["n"] == 1
