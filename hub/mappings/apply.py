@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import pycountry
@@ -127,7 +128,15 @@ def parse_path(path: str, *, relative: bool = False) -> tuple[PathSegment, ...]:
     Absolute paths (the default) must start at `properties`; `relative` paths (inside an `each` spec) start at
     the list element.
     """
-    if not isinstance(path, str) or not path.strip():
+    if not isinstance(path, str):
+        raise ValueError("a property path must be a non-empty string such as properties.total")
+    return _parse_path_text(path, relative)
+
+
+@lru_cache(maxsize=4096)
+def _parse_path_text(path: str, relative: bool) -> tuple[PathSegment, ...]:
+    # Cached: a mapping's few paths are parsed again for every event it maps (errors are raised, never cached).
+    if not path.strip():
         raise ValueError("a property path must be a non-empty string such as properties.total")
     if path != path.strip():
         raise ValueError(f"property path {path!r} has surrounding spaces")
@@ -188,7 +197,13 @@ def normalize_currency(value: Any) -> str | None:
     code = value.strip().upper()
     if len(code) != 3 or not code.isalpha() or code in _NOT_TRANSACTION_CURRENCIES:
         return None
-    return code if pycountry.currencies.get(alpha_3=code) is not None else None
+    return code if _is_iso_currency(code) else None
+
+
+@lru_cache(maxsize=1024)
+def _is_iso_currency(code: str) -> bool:
+    # Cached: pycountry's lookup costs more than the rest of mapping an event; there are ~180 codes.
+    return pycountry.currencies.get(alpha_3=code) is not None
 
 
 def coerce_number(value: Any) -> float | int | None:
