@@ -23,12 +23,14 @@ Decisions documented here because the API, the CMP webhooks and the scheduler re
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, literal, null, select, union_all
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from hub.consent.ledger import load_ledger
@@ -201,13 +203,17 @@ def _validate(
     expires_at: datetime | None,
     proof: Mapping[str, Any],
     now: datetime,
+    known: frozenset[str] | None = None,
 ) -> None:
+    """Raise ``ConsentInputError`` naming every field at fault. ``known``: purposes known to exist (read from
+    the catalogue when None)."""
     if not _aware(now):
         raise ValueError("now must be timezone-aware (UTC)")
     fields: dict[str, str] = {}
     if not purposes:
         fields["purposes"] = "name at least one purpose"
-    known = purpose_names(session) if purposes else frozenset()
+    if known is None:
+        known = purpose_names(session) if purposes else frozenset()
     for purpose, status in purposes.items():
         if purpose not in known:
             fields[f"purposes.{purpose}"] = "unknown purpose (see the purpose catalogue)"
@@ -231,23 +237,32 @@ def _validate(
         raise ConsentInputError("The consent decision cannot be recorded.", fields)
 
 
-def _lock_root(session: Session, profile_id: str) -> str:
+def _lock_root(session: Session, profile_id: str, purposes: Iterable[str] = ()) -> tuple[str | None, Any, int]:
     """The cluster root, locked: consent writes for one person take turns, so the idempotency check below sees a
     concurrent writer's rows and the projection stays exact (PostgreSQL; SQLite serializes writers anyway).
-    Raises ProfileNotFound / SubjectErased."""
+
+    Returns ``(root, problem, known)``: ``problem`` is the ProfileNotFound / SubjectErased to raise (the caller
+    validates its input first, so input errors are reported before these) and ``known`` how many of
+    ``purposes`` the catalogue holds, counted by the first statement to save a round trip."""
+    names = sorted(set(purposes))
+    known_count = select(func.count()).where(Purpose.name.in_(names)).scalar_subquery()
     current = profile_id
-    for _ in range(8):  # merges are flattened: one hop at most, the bound guards against a corrupted chain
-        row = session.execute(
-            select(Profile.merged_into_id, Profile.erased_at).where(Profile.id == current).with_for_update()
-        ).first()
+    known = 0
+    for hop in range(8):  # merges are flattened: one hop at most, the bound guards against a corrupted chain
+        columns: list[Any] = [Profile.merged_into_id, Profile.erased_at]
+        if hop == 0 and names:
+            columns.append(known_count.label("known"))
+        row = session.execute(select(*columns).where(Profile.id == current).with_for_update(of=Profile)).first()
         if row is None:
-            raise ProfileNotFound(profile_id)
+            return None, ProfileNotFound(profile_id), known
+        if hop == 0 and names:
+            known = row.known
         if row.merged_into_id is None:
             if row.erased_at is not None:
-                raise SubjectErased(current)
-            return current
+                return None, SubjectErased(current), known
+            return current, None, known
         current = row.merged_into_id
-    raise ProfileNotFound(profile_id)
+    return None, ProfileNotFound(profile_id), known
 
 
 def record_consent(
@@ -273,31 +288,32 @@ def record_consent(
     ``ProfileNotFound`` or ``SubjectErased`` (nothing written in either case).
     """
     proof = dict(proof or {})
-    _validate(
-        session,
-        purposes,
-        collected_at=collected_at,
-        source=source,
-        source_event_id=source_event_id,
-        legal_basis=legal_basis,
-        regulation=regulation,
-        region=region,
-        notice_version=notice_version,
-        expires_at=expires_at,
-        proof=proof,
-        now=now,
-    )
-    root = _lock_root(session, profile_id)
-    members = select(Profile.id).where((Profile.id == root) | (Profile.merged_into_id == root))
-    seen = set(
-        session.scalars(
-            select(ConsentRecord.purpose).where(
-                ConsentRecord.source == source,
-                ConsentRecord.source_event_id == source_event_id,
-                ConsentRecord.profile_id.in_(members),
-            )
-        )
-    )
+    checks: dict[str, Any] = {
+        "collected_at": collected_at,
+        "source": source,
+        "source_event_id": source_event_id,
+        "legal_basis": legal_basis,
+        "regulation": regulation,
+        "region": region,
+        "notice_version": notice_version,
+        "expires_at": expires_at,
+        "proof": proof,
+        "now": now,
+    }
+    # Everything but the catalogue first (no I/O); with that valid, the root lock also counts the purposes.
+    # Any problem: the full check, which reads the catalogue and names every field at fault together.
+    try:
+        _validate(session, purposes, known=frozenset(purposes), **checks)
+    except ConsentInputError:
+        _validate(session, purposes, **checks)
+        raise
+    root, problem, known = _lock_root(session, profile_id, purposes)
+    if known != len(purposes):
+        _validate(session, purposes, **checks)  # names the unknown purposes, as before any lock was taken
+    if problem is not None:
+        raise problem
+    assert root is not None
+    seen, state = _seen_and_state(session, root, source, source_event_id, purposes)
     records = [
         ConsentRecord(
             profile_id=root,
@@ -323,8 +339,44 @@ def record_consent(
     # of the same event wait, and its check then sees these rows (READ COMMITTED reads committed rows afresh).
     session.add_all(records)
     session.flush()
-    _advance_projection(session, root, records, now)
+    _advance_projection(session, root, records, now, state)
     return records
+
+
+def _seen_and_state(
+    session: Session, root: str, source: str, source_event_id: str, purposes: Mapping[str, str]
+) -> tuple[set[str], dict[str, ConsentFact]]:
+    """One statement, run after the root is locked (so it sees a concurrent writer's committed rows): the
+    purposes already recorded for ``(source, source_event_id)`` in the cluster, and the root's projection rows
+    for ``purposes``. The projection branch comes first so its column types decode the result."""
+    members = select(Profile.id).where((Profile.id == root) | (Profile.merged_into_id == root))
+    state_rows = select(
+        literal("state").label("kind"),
+        ConsentState.purpose,
+        ConsentState.status,
+        ConsentState.collected_at,
+        ConsentState.expires_at,
+        ConsentState.record_id,
+    ).where(ConsentState.profile_id == root, ConsentState.purpose.in_(sorted(purposes)))
+    seen_rows = select(literal("seen"), ConsentRecord.purpose, null(), null(), null(), null()).where(
+        ConsentRecord.source == source,
+        ConsentRecord.source_event_id == source_event_id,
+        ConsentRecord.profile_id.in_(members),
+    )
+    seen: set[str] = set()
+    state: dict[str, ConsentFact] = {}
+    for row in session.execute(union_all(state_rows, seen_rows)):
+        if row.kind == "seen":
+            seen.add(row.purpose)
+        else:
+            state[row.purpose] = ConsentFact(
+                id=row.record_id,
+                purpose=row.purpose,
+                status=row.status,
+                collected_at=row.collected_at,
+                expires_at=row.expires_at,
+            )
+    return seen, state
 
 
 def records_for_event(session: Session, profile_id: str, source: str, source_event_id: str) -> list[ConsentRecord]:
@@ -348,18 +400,14 @@ def records_for_event(session: Session, profile_id: str, source: str, source_eve
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _advance_projection(session: Session, profile_id: str, records: list[ConsentRecord], now: datetime) -> None:
-    """Fold new rows into the profile's projection: each purpose keeps whichever of its current row and the new
-    fact sorts last in force order (``latest_by_purpose`` of the two). Equal to a rebuild as long as the
-    projection was (``verify_projection`` proves it)."""
-    rows = {
-        row.purpose: row
-        for row in session.scalars(
-            select(ConsentState).where(
-                ConsentState.profile_id == profile_id, ConsentState.purpose.in_(sorted({r.purpose for r in records}))
-            )
-        )
-    }
+def _advance_projection(
+    session: Session, profile_id: str, records: list[ConsentRecord], now: datetime, state: dict[str, ConsentFact]
+) -> None:
+    """Fold new rows into the profile's projection (``state``: its rows for these purposes, read under the root
+    lock): each purpose keeps whichever of its current row and the new fact sorts last in force order
+    (``latest_by_purpose`` of the two). Equal to a rebuild as long as the projection was (``verify_projection``
+    proves it). Every changed row is written by one INSERT ... ON CONFLICT DO UPDATE."""
+    changed: dict[str, ConsentFact] = {}
     for record in records:
         fact = ConsentFact(
             id=record.id,
@@ -369,25 +417,44 @@ def _advance_projection(session: Session, profile_id: str, records: list[Consent
             expires_at=record.expires_at,
             source=record.source,
         )
-        row = rows.get(record.purpose)
-        if row is None:
-            rows[record.purpose] = _state_row(profile_id, fact, now)
-            session.add(rows[record.purpose])
-            continue
-        current = ConsentFact(
-            id=row.record_id,
-            purpose=row.purpose,
-            status=row.status,
-            collected_at=row.collected_at,
-            expires_at=row.expires_at,
+        current = state.get(record.purpose)
+        if current is None or ConsentLedger([current, fact]).latest_by_purpose()[record.purpose] is fact:
+            state[record.purpose] = changed[record.purpose] = fact
+    if not changed:
+        return
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(ConsentState).values(
+        [
+            {
+                "profile_id": profile_id,
+                "purpose": fact.purpose,
+                "status": fact.status,
+                "collected_at": fact.collected_at,
+                "expires_at": fact.expires_at,
+                "record_id": int(fact.id),
+                "updated_at": now,
+            }
+            for _purpose, fact in sorted(changed.items())
+        ]
+    )
+    excluded = statement.excluded
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[ConsentState.profile_id, ConsentState.purpose],
+            set_={
+                "status": excluded.status,
+                "collected_at": excluded.collected_at,
+                "expires_at": excluded.expires_at,
+                "record_id": excluded.record_id,
+                "updated_at": excluded.updated_at,
+            },
         )
-        if ConsentLedger([current, fact]).latest_by_purpose()[record.purpose] is fact:
-            row.status = fact.status
-            row.collected_at = fact.collected_at
-            row.expires_at = fact.expires_at
-            row.record_id = record.id
-            row.updated_at = now
-    session.flush()
+    )
+    # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM).
+    for purpose in changed:
+        loaded = session.identity_map.get(session.identity_key(ConsentState, (profile_id, purpose)))
+        if loaded is not None:
+            session.expire(loaded)
 
 
 def _state_row(profile_id: str, fact: ConsentFact, now: datetime) -> ConsentState:
