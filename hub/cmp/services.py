@@ -4,9 +4,10 @@ The webhook edge (``hub.cmp.views``) calls these in three units of work so that 
 (CONTRACT.md "CMP webhooks"; reference/consent.md §1.3 "inbox first"):
 
 1. ``load_source`` + ``authenticate`` — an unauthenticated request stores nothing;
-2. ``store_delivery`` — the raw body (encrypted: it carries identifiers) committed on its own;
-3. ``process_delivery`` — adapter → identity resolution → ``record_consent``, committed with the inbox row's
-   new status; when it fails, the edge rolls it back and ``mark_failed`` records the error on the inbox row.
+2. ``parse_delivery`` (pure) then ``store_delivery`` — the raw body (encrypted: it carries identifiers)
+   committed on its own; the insert also returns the earliest earlier copy of the delivery;
+3. ``process_delivery`` — adapter output → identity resolution → ``record_consent``, committed with the inbox
+   row's new status; when it fails, the edge rolls it back and ``mark_failed`` records the error on the inbox row.
 
 Repeats are no-ops: a body already processed for the source (same SHA-256), or a CMP event id already processed,
 marks the new inbox row ``duplicate``; below that, ``record_consent`` is idempotent per
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from hub.cmp.adapters import ConsentSubmission, PayloadError, parse_payload
 from hub.cmp.auth import AuthError, check_ip_allowed, verify_basic, verify_bearer, verify_hmac_signature
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DeliveryOutcome",
     "DeliveryRejected",
+    "ParsedDelivery",
     "SourceConfig",
+    "StoredDelivery",
     "WebhookAuthError",
     "authenticate",
     "client_address",
@@ -50,6 +53,7 @@ __all__ = [
     "inbox_body",
     "load_source",
     "mark_failed",
+    "parse_delivery",
     "process_delivery",
     "store_delivery",
 ]
@@ -182,32 +186,80 @@ def authenticate(
 # ----------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ParsedDelivery:
+    """A delivery's body read by the source's adapter before it is stored (pure: no I/O), so the inbox insert can
+    also look for an earlier copy. ``rejection`` is set when the body cannot be processed as sent."""
+
+    body_sha256: str
+    submissions: tuple[ConsentSubmission, ...] = ()
+    rejection: DeliveryRejected | None = None
+
+    @property
+    def event_key(self) -> str | None:
+        """The CMP's event id, the inbox's second duplicate key (None when the body did not parse)."""
+        return self.submissions[0].source_event_id[:255] if self.submissions else None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """The inbox row just committed, and the earliest processed (or repeat) delivery of the same source with the
+    same body or CMP event id, if any."""
+
+    inbox_id: int
+    body_sha256: str
+    duplicate_of: int | None
+
+
+def parse_delivery(source: SourceConfig, body: bytes) -> ParsedDelivery:
+    body_sha256 = hashlib.sha256(body).hexdigest()
+    try:
+        return ParsedDelivery(body_sha256, tuple(_parse(source, body_sha256, body)))
+    except DeliveryRejected as rejection:
+        return ParsedDelivery(body_sha256, rejection=rejection)
+
+
 def store_delivery(
     session: Session,
     encryptor: FieldEncryptor,
     source: SourceConfig,
+    parsed: ParsedDelivery,
     *,
     body: bytes,
     headers: Mapping[str, str],
     remote_addr: str | None,
     now: datetime,
-) -> CmpInboxItem:
+) -> StoredDelivery:
     """Keep the raw delivery (status ``received``). The body is encrypted at rest because CMP payloads carry
-    raw identifiers (DESIGN §3); ``body_sha256`` is of the raw bytes."""
+    raw identifiers (DESIGN §3); ``body_sha256`` is of the raw bytes. The same statement looks for an earlier
+    delivery with the same body (or CMP event id, when the body parsed) that was processed or was a repeat."""
     kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
     if remote_addr:
         kept["remote_addr"] = remote_addr
-    item = CmpInboxItem(
-        source_id=source.id,
-        received_at=now,
-        body=_encrypt(encryptor, body),
-        body_sha256=hashlib.sha256(body).hexdigest(),
-        headers=kept,
-        status="received",
+    earlier = aliased(CmpInboxItem, name="earlier")
+    same = earlier.body_sha256 == parsed.body_sha256
+    if parsed.event_key is not None:
+        same = same | (earlier.event_key == parsed.event_key)
+    duplicate_of = (
+        select(earlier.id)
+        .where(earlier.source_id == source.id, earlier.status.in_(("processed", "duplicate")), same)
+        .order_by(earlier.id)
+        .limit(1)
+        .scalar_subquery()
     )
-    session.add(item)
-    session.flush()
-    return item
+    row = session.execute(
+        insert(CmpInboxItem)
+        .values(
+            source_id=source.id,
+            received_at=now,
+            body=_encrypt(encryptor, body),
+            body_sha256=parsed.body_sha256,
+            headers=kept,
+            status="received",
+        )
+        .returning(CmpInboxItem.id, duplicate_of.label("duplicate_of"))
+    ).one()
+    return StoredDelivery(inbox_id=row.id, body_sha256=parsed.body_sha256, duplicate_of=row.duplicate_of)
 
 
 def _encrypt(encryptor: FieldEncryptor, body: bytes) -> bytes:
@@ -246,22 +298,7 @@ def cmp_identity(adapter: str, key: str, value: str) -> tuple[str, str]:
     return f"cmp:{adapter}", f"{key.removeprefix(adapter + '_')}:{value}"
 
 
-def _duplicate_of(session: Session, item: CmpInboxItem, condition: Any) -> int | None:
-    """An earlier delivery of the same source matching ``condition`` that was processed (or was a repeat)."""
-    return session.scalar(
-        select(CmpInboxItem.id)
-        .where(
-            CmpInboxItem.source_id == item.source_id,
-            CmpInboxItem.id != item.id,
-            CmpInboxItem.status.in_(("processed", "duplicate")),
-            condition,
-        )
-        .order_by(CmpInboxItem.id)
-        .limit(1)
-    )
-
-
-def _parse(source: SourceConfig, item: CmpInboxItem, body: bytes) -> list[ConsentSubmission]:
+def _parse(source: SourceConfig, body_sha256: str, body: bytes) -> list[ConsentSubmission]:
     try:
         payload = json.loads(body.decode("utf-8-sig"))
     except UnicodeDecodeError:
@@ -274,7 +311,7 @@ def _parse(source: SourceConfig, item: CmpInboxItem, body: bytes) -> list[Consen
             source.adapter,
             payload,
             purpose_map=source.settings.get("purpose_map") or {},
-            body_sha256=item.body_sha256,
+            body_sha256=body_sha256,
             tcf_purpose_map=source.settings.get("tcf_purpose_map") or None,
         )
     except PayloadError as error:
@@ -283,13 +320,20 @@ def _parse(source: SourceConfig, item: CmpInboxItem, body: bytes) -> list[Consen
 
 
 def _mark(
-    item: CmpInboxItem, status: str, now: datetime, note: str | None = None, event_key: str | None = None
+    session: Session,
+    inbox_id: int,
+    status: str,
+    now: datetime,
+    note: str | None = None,
+    event_key: str | None = None,
 ) -> None:
+    values: dict[str, Any] = {"status": status, "processed_at": now, "error": note}
     if event_key is not None:
-        item.event_key = event_key
-    item.status = status
-    item.processed_at = now
-    item.error = note
+        values["event_key"] = event_key
+    session.execute(
+        update(CmpInboxItem).where(CmpInboxItem.id == inbox_id).values(**values),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def process_delivery(
@@ -297,8 +341,8 @@ def process_delivery(
     encryptor: FieldEncryptor,
     settings: Settings,
     source: SourceConfig,
-    inbox_id: int,
-    body: bytes,
+    parsed: ParsedDelivery,
+    stored: StoredDelivery,
     *,
     now: datetime,
 ) -> DeliveryOutcome:
@@ -306,33 +350,24 @@ def process_delivery(
 
     Raises ``DeliveryRejected`` (nothing recorded; the caller rolls back and calls ``mark_failed``).
     """
-    item = session.get(CmpInboxItem, inbox_id)
-    if item is None:
-        raise LookupError(f"no inbox item {inbox_id}")
-    try:
-        submissions = _parse(source, item, body)
-    except DeliveryRejected:
-        earlier = _duplicate_of(session, item, CmpInboxItem.body_sha256 == item.body_sha256)
+    earlier = stored.duplicate_of
+    if parsed.rejection is not None:
         if earlier is None:
-            raise
+            raise parsed.rejection
         # Processed before (the source's mapping may have changed since): a repeat stays a no-op.
-        _mark(item, "duplicate", now, f"same body as inbox item {earlier}")
+        _mark(session, stored.inbox_id, "duplicate", now, f"same body as inbox item {earlier}")
         return DeliveryOutcome("duplicate", notes=(f"same body as delivery {earlier}",))
-    same = CmpInboxItem.body_sha256 == item.body_sha256
-    # Set with the final status so the inbox row is written once (identity resolution flushes on its savepoint).
-    event_key = submissions[0].source_event_id[:255] if submissions else None
-    if event_key is not None:
-        same = same | (CmpInboxItem.event_key == event_key)
-    earlier = _duplicate_of(session, item, same)
-    item_event_key = event_key
+    # The event key is set with the final status so the inbox row is written once.
+    item_event_key = parsed.event_key
     if earlier is not None:
-        _mark(item, "duplicate", now, f"same body or CMP event id as inbox item {earlier}", item_event_key)
+        note = f"same body or CMP event id as inbox item {earlier}"
+        _mark(session, stored.inbox_id, "duplicate", now, note, item_event_key)
         return DeliveryOutcome("duplicate", notes=(f"same body or event id as delivery {earlier}",))
 
     notes: list[str] = []
     record_ids: list[int] = []
     profile_id: str | None = None
-    for submission in _one_status_per_purpose(submissions):
+    for submission in _one_status_per_purpose(parsed.submissions):
         notes.extend(f"ignored {label}" for label in submission.ignored)
         resolved = _resolve_subject(session, encryptor, settings, source, submission, notes, now)
         if resolved is None:
@@ -355,8 +390,8 @@ def process_delivery(
                 notice_version=submission.notice_version[:120] if submission.notice_version else None,
                 expires_at=submission.expires_at,
                 proof={
-                    "inbox_id": item.id,
-                    "body_sha256": item.body_sha256,
+                    "inbox_id": stored.inbox_id,
+                    "body_sha256": stored.body_sha256,
                     "tc_string": submission.tc_string,
                     "gpp_string": submission.gpp_string,
                     "usp_string": submission.usp_string,
@@ -370,7 +405,7 @@ def process_delivery(
             notes.append("the subject was erased; nothing recorded")
             continue
         record_ids.extend(r.id for r in records)
-    _mark(item, "processed", now, "; ".join(notes)[:2000] or None, item_event_key)
+    _mark(session, stored.inbox_id, "processed", now, "; ".join(notes)[:2000] or None, item_event_key)
     return DeliveryOutcome(
         "processed", records=len(record_ids), profile_id=profile_id, record_ids=tuple(record_ids), notes=tuple(notes)
     )
