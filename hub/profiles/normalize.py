@@ -977,25 +977,24 @@ _BY_TEXT = 0  # entry function of the text alone
 _BY_TEXT_AND_COUNTRY = 1  # entry function of the text and the user's normalized country (state, ZIP)
 _BY_TEXT_AND_REGIONS = 2  # entry function of the text and the phone regions (phone)
 _PLAIN = 3  # browser key: a normalizer whose non-empty result is sent unhashed
-_FIELD_RULES: Mapping[str, tuple[str, int, Callable[..., object]]] = MappingProxyType(
-    {
-        "email": (HASHED_KEYS["email"], _BY_TEXT, _email_entry),
-        "phone": (HASHED_KEYS["phone"], _BY_TEXT_AND_REGIONS, _phone_entry),
-        "first_name": (HASHED_KEYS["first_name"], _BY_TEXT, _first_name_entry),
-        "last_name": (HASHED_KEYS["last_name"], _BY_TEXT, _last_name_entry),
-        "city": (HASHED_KEYS["city"], _BY_TEXT, _city_entry),
-        "state": (HASHED_KEYS["state"], _BY_TEXT_AND_COUNTRY, _state_entry),
-        "zip": (HASHED_KEYS["zip"], _BY_TEXT_AND_COUNTRY, _zip_entry),
-        "country": (HASHED_KEYS["country"], _BY_TEXT, _country_entry),
-        "date_of_birth": (HASHED_KEYS["date_of_birth"], _BY_TEXT, _current_date_of_birth_entry),
-        "gender": (HASHED_KEYS["gender"], _BY_TEXT, _gender_entry),
-        "external_id": (HASHED_KEYS["external_id"], _BY_TEXT, _external_id_entry),
-        "fbp": (BROWSER_KEYS["fbp"], _PLAIN, normalize_fbp),
-        "fbc": (BROWSER_KEYS["fbc"], _PLAIN, normalize_fbc),
-        "ip_address": (BROWSER_KEYS["ip_address"], _PLAIN, normalize_client_ip_address),
-        "user_agent": (BROWSER_KEYS["user_agent"], _PLAIN, normalize_client_user_agent),
-    }
-)
+# A plain dict, not a MappingProxyType: it is private, and looked up for every field of every user.
+_FIELD_RULES: dict[str, tuple[str, int, Callable[..., object]]] = {
+    "email": (HASHED_KEYS["email"], _BY_TEXT, _email_entry),
+    "phone": (HASHED_KEYS["phone"], _BY_TEXT_AND_REGIONS, _phone_entry),
+    "first_name": (HASHED_KEYS["first_name"], _BY_TEXT, _first_name_entry),
+    "last_name": (HASHED_KEYS["last_name"], _BY_TEXT, _last_name_entry),
+    "city": (HASHED_KEYS["city"], _BY_TEXT, _city_entry),
+    "state": (HASHED_KEYS["state"], _BY_TEXT_AND_COUNTRY, _state_entry),
+    "zip": (HASHED_KEYS["zip"], _BY_TEXT_AND_COUNTRY, _zip_entry),
+    "country": (HASHED_KEYS["country"], _BY_TEXT, _country_entry),
+    "date_of_birth": (HASHED_KEYS["date_of_birth"], _BY_TEXT, _current_date_of_birth_entry),
+    "gender": (HASHED_KEYS["gender"], _BY_TEXT, _gender_entry),
+    "external_id": (HASHED_KEYS["external_id"], _BY_TEXT, _external_id_entry),
+    "fbp": (BROWSER_KEYS["fbp"], _PLAIN, normalize_fbp),
+    "fbc": (BROWSER_KEYS["fbc"], _PLAIN, normalize_fbc),
+    "ip_address": (BROWSER_KEYS["ip_address"], _PLAIN, normalize_client_ip_address),
+    "user_agent": (BROWSER_KEYS["user_agent"], _PLAIN, normalize_client_user_agent),
+}
 
 
 @dataclass(frozen=True)

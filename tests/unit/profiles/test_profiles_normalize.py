@@ -16,12 +16,15 @@ import pytest
 
 from hub.profiles import normalize as normalize_module
 from hub.profiles.normalize import (
+    BROWSER_KEYS,
+    HASHED_KEYS,
     IdentifierError,
     fbc_from_url,
     is_md5_hex,
     is_sha256_hex,
     normalize_city,
     normalize_client_ip_address,
+    normalize_client_user_agent,
     normalize_country,
     normalize_date_of_birth,
     normalize_email,
@@ -300,6 +303,38 @@ def test_phone_fast_path_agrees_with_phonenumbers(monkeypatch: pytest.MonkeyPatc
     assert sum(not outcome.startswith("rejected") for outcome in reference) > len(corpus) // 10
     mismatches = [(case, a, b) for case, a, b in zip(corpus, fast, reference, strict=True) if a != b]
     assert mismatches == []
+
+
+@pytest.mark.parametrize(
+    ("text", "region", "fast_parts"),
+    [
+        ("+1 650 555 1212", None, (1, "6505551212")),
+        ("(650)\u00a0555-1212", "US", (1, "6505551212")),  # non-ASCII whitespace: the regex route
+        ("650\u2013555\u20131212", "US", None),  # en dashes are not separators: left to phonenumbers
+        ("++16505551212", None, None),
+        ("+1 650 555 1212+", None, None),
+        ("650-555-1212x", "US", None),
+        ("+", None, None),
+        ("()", "US", None),
+        ("+1 (0)", None, None),
+    ],
+)
+def test_phone_fast_path_separators(
+    monkeypatch: pytest.MonkeyPatch, text: str, region: str | None, fast_parts: tuple[int, str] | None
+) -> None:
+    assert normalize_module._fast_phone_parts(text, region) == fast_parts
+    fast = _phone_outcome(text, region)
+    monkeypatch.setattr(normalize_module, "_fast_phone_parts", lambda text, region: None)
+    assert fast == _phone_outcome(text, region)
+
+
+@pytest.mark.parametrize("separator", ["\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", " ", "\u2009"])
+def test_phone_fast_path_reads_every_whitespace_as_a_separator(separator: str) -> None:
+    # The ASCII route (bytes.translate) and the regex route (\s) agree on what whitespace is.
+    # (phonenumbers itself refuses control characters and thin spaces; the fast path has always
+    # accepted them as separators.)
+    assert normalize_module._fast_phone_parts(f"+1 650{separator}555 1212", None) == (1, "6505551212")
+    assert normalize_module._fast_phone_parts(f"(650){separator}555-1212", "US") == (1, "6505551212")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -734,3 +769,208 @@ def test_normalize_user_state_and_zip_follow_country() -> None:
     assert result.values == {"st": "bayern", "zp": "123456789", "country": "de"}
     us = normalize_user({"state": "New York", "zip": "10001 1234", "country": "USA"})
     assert us.values == {"st": "ny", "zp": "10001", "country": "us"}
+
+
+# ----------------------------------------------------------------------------------------------
+# normalize_user against a straightforward reference
+# ----------------------------------------------------------------------------------------------
+
+# normalize_user is optimized (one bound entry function per field, cached normalize-and-hash steps);
+# this reference spells the contract out with the public normalize_* functions and sha256_hex, and
+# the two must agree value for value, error for error, in the same order.
+
+_REFERENCE_NORMALIZERS = {
+    "email": lambda text, country, regions: normalize_email(text),
+    "phone": lambda text, country, regions: normalize_phone(text, regions),
+    "first_name": lambda text, country, regions: normalize_name(text),
+    "last_name": lambda text, country, regions: normalize_name(text),
+    "city": lambda text, country, regions: normalize_city(text),
+    "state": lambda text, country, regions: normalize_state(text, country or None),
+    "zip": lambda text, country, regions: normalize_zip(text, country or None),
+    "country": lambda text, country, regions: normalize_country(text),
+    "gender": lambda text, country, regions: normalize_gender(text),
+    "external_id": lambda text, country, regions: normalize_external_id(text),
+}
+_REFERENCE_BROWSER = {
+    "fbp": normalize_fbp,
+    "fbc": normalize_fbc,
+    "ip_address": normalize_client_ip_address,
+    "user_agent": normalize_client_user_agent,
+}
+
+
+def _reference_date_of_birth(text: str) -> str:
+    try:
+        formatted = normalize_date_of_birth(text, today=date.max)  # only the 1900 bound applies
+    except IdentifierError as error:
+        if "plausible" in error.message:
+            raise IdentifierError(
+                "date_of_birth", "Not a plausible date of birth: the year must be 1900 or later."
+            ) from None
+        raise
+    if formatted and formatted > datetime.now(UTC).strftime("%Y%m%d"):
+        raise IdentifierError("date_of_birth", "Not a plausible date of birth: it is in the future.")
+    return formatted
+
+
+def _reference_hashed(field: str, text: str, country: str, regions: list) -> tuple[str, str]:
+    stripped = text.strip()
+    if is_sha256_hex(stripped):
+        return "", stripped.lower()
+    if field != "external_id" and is_md5_hex(stripped):
+        raise IdentifierError(field, normalize_module._MD5_MESSAGE)
+    if field == "date_of_birth":
+        normalized = _reference_date_of_birth(text)
+    else:
+        normalized = _REFERENCE_NORMALIZERS[field](text, country, regions)
+    return (normalized, sha256_hex(normalized)) if normalized else ("", "")
+
+
+def _reference_normalize_user(user: dict, phone_regions: list) -> tuple[list, list, list, list]:
+    values, hashes, browser, errors = {}, {}, {}, {}
+    country = ""
+    if type(user.get("country")) is str:
+        try:
+            country = _reference_hashed("country", user["country"], "", [])[0]
+        except IdentifierError as error:
+            errors["user.country"] = error.message
+    regions = [country, *phone_regions] if country else list(phone_regions)
+    for field, raw in user.items():
+        if field not in HASHED_KEYS and field not in BROWSER_KEYS:
+            errors[f"user.{field}"] = "unknown field"
+            continue
+        if raw is None:
+            continue
+        if type(raw) is int and field in ("phone", "zip"):
+            raw = str(raw).zfill(5) if field == "zip" and country == "us" else str(raw)
+        elif type(raw) is not str:
+            allowed = "a string or an integer" if field in ("phone", "zip") else "a string"
+            errors[f"user.{field}"] = f"must be {allowed}, not {type(raw).__name__}"
+            continue
+        try:
+            if field in BROWSER_KEYS:
+                plain = _REFERENCE_BROWSER[field](raw)
+                if plain:
+                    browser[BROWSER_KEYS[field]] = plain
+                continue
+            normalized, hashed = _reference_hashed(field, raw, country, regions)
+        except IdentifierError as error:
+            errors[f"user.{field}"] = error.message
+            continue
+        if hashed:
+            hashes[HASHED_KEYS[field]] = hashed
+        if normalized:
+            values[HASHED_KEYS[field]] = normalized
+    return [list(mapping.items()) for mapping in (values, hashes, browser, errors)]
+
+
+# A small copy of bench/identity.py's generator, plus awkward values mixed in at random.
+_FIRST = ["Ann", "John", "Valéry", "Zoë", "O'Neil", "Mary-Jane", "José", "Łukasz", "Chloé", "Ahmed", "Mei", "정"]
+_LAST = ["Lee", "Smith", "O'Brien", "García-López", "Müller", "Nguyen", "Kowalski", "Dupont", "Rossi", "Kim"]
+_PLACES = {
+    "US": [("San Francisco", "CA", "94105"), ("New York", "New York", "10001-1234"), ("Boston", "MA", "02134")],
+    "GB": [("London", "", "SW1A 1AA"), ("Manchester", "", "M1 1AE")],
+    "DE": [("Berlin", "Berlin", "10115"), ("München", "Bayern", "80331")],
+}
+_COUNTRY_SPELLINGS = {"US": ["US", "us", "United States", "USA"], "GB": ["GB", "UK", "United Kingdom"], "DE": ["de"]}
+_PHONES = {
+    "US": ["+1 {a} {b} {c}", "({a}){b}-{c}", "{a}.{b}.{c}", "+1{a}{b}{c}", "1-{a}-{b}-{c}", "011 49 30 {c}{c}"],
+    "GB": ["+44 7700 9{c}1", "07700 9{c}1", "+44 (0)20 79{c}", "0044 20 7946 {c}"],
+    "DE": ["+49 30 {b}{c}", "030 {b}{c}", "0030 {b}"],
+}
+_AWKWARD = [
+    None,
+    "",
+    "   ",
+    42,
+    2134,
+    True,
+    ["x"],
+    1.5,
+    "D41D8CD98F00B204E9800998ECF8427E",
+    hashlib.sha256(b"ann@example.com").hexdigest().upper(),
+    "0123456789abcdef0123456789abcdef",
+    "Atlantis",
+    "Deutschland",
+    "2999-01-01",
+    "1899-12-31",
+    "31/12/1990",
+    "02-03-1997",
+    "1997216",
+    "nope",
+    "ann@@example.com",
+    "Ann@Exämple.com",
+    "1-800-FLOWERS",
+    "+1 650 555 1212 ext 9",
+    "+1\t650\x1f555\x0b1212",
+    "(650)\u00a0555-1212",
+    "650\u2013555\u20131212",
+    "++16505551212",
+    "12",
+    "Île-de-France",
+    unicodedata.normalize("NFD", "Zoë"),
+    "İstanbul",
+    "fb.1.1764300000000.AbCdEf",
+    "fb.1.1764300000000.123456789.AbCdEfGh",
+    "999.1.1.1",
+    "2001:db8::1",
+    "203.0.113.7.AbCdEfGh",
+    "female",
+    "nonbinary",
+    "12345 6789",
+    "100-0001",
+]
+
+
+def _random_user(rng: random.Random, n: int) -> tuple[dict, list]:
+    market = rng.choice(list(_PLACES))
+    city, state, zip_code = rng.choice(_PLACES[market])
+    a, b, c = rng.choice(["415", "650", "212"]), f"{rng.randint(200, 999)}", f"{rng.randint(0, 9999):04d}"
+    year, month, day = rng.randint(1890, 2030), rng.randint(1, 12), rng.randint(1, 28)
+    user: dict = {
+        "email": rng.choice([f"ann.lee{n}@example.com", f"  ANN.LEE{n}@GMAIL.COM ", f"zoë{n}@example.de"]),
+        "phone": rng.choice(_PHONES[market]).format(a=a, b=b, c=c),
+        "external_id": rng.choice([f"crm-{n}", f" CRM-{n} "]),
+        "first_name": rng.choice(_FIRST),
+        "last_name": rng.choice(_LAST),
+        "city": city,
+        "state": state,
+        "zip": zip_code,
+        "country": rng.choice(_COUNTRY_SPELLINGS[market]),
+        "date_of_birth": rng.choice(
+            [f"{year}-{month:02d}-{day:02d}", f"{month}/{day}/{year}", f"{day}.{month}.{year}"]
+        ),
+        "gender": rng.choice(["f", "m", "Female", "male", "F", "woman", "nonbinary", ""]),
+        "fbp": f"fb.1.17643{rng.randint(10**7, 10**8 - 1)}.{rng.randint(10**9, 10**10 - 1)}",
+        "fbc": f"fb.1.17643{rng.randint(10**7, 10**8 - 1)}.IwAR{rng.getrandbits(64):x}",
+        "ip_address": f"203.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        "user_agent": "Mozilla/5.0",
+    }
+    for field in list(user):
+        roll = rng.random()
+        if roll < 0.1:
+            del user[field]
+        elif roll < 0.25:
+            user[field] = rng.choice(_AWKWARD)
+    if rng.random() < 0.05:
+        user["shoe_size"] = rng.choice(["42", None, 42])
+    # Shuffle the key order too: outputs follow it, and the country is read first wherever it is.
+    items = list(user.items())
+    rng.shuffle(items)
+    phone_regions = rng.choice([[], ["US-CA"], ["GB"], [None, "EEA", "DE"], ["*"]])
+    return dict(items), phone_regions
+
+
+def test_normalize_user_agrees_with_reference_on_random_users() -> None:
+    rng = random.Random(20261128)
+    users = [_random_user(rng, n) for n in range(3000)]
+    outcomes = []
+    for user, phone_regions in users:
+        result = normalize_user(user, phone_regions=phone_regions)
+        actual = [list(mapping.items()) for mapping in (result.values, result.hashes, result.browser, result.errors)]
+        assert actual == _reference_normalize_user(user, phone_regions), user
+        outcomes.append(result)
+    # The corpus exercises both accepted values and every kind of rejection.
+    assert sum(len(outcome.values) for outcome in outcomes) > 15_000
+    rejected = {field for outcome in outcomes for field in outcome.errors}
+    assert rejected == {f"user.{field}" for field in (*HASHED_KEYS, *BROWSER_KEYS, "shoe_size")}
