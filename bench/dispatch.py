@@ -307,6 +307,13 @@ def _configure_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database (for profiling)")
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def _free_port() -> int:
     import socket
 
@@ -489,10 +496,12 @@ def _run_worker(args: argparse.Namespace) -> int:
                 for _ in range(count)
             ]
             peaks = []
+            cpu = 0.0
             for proc in procs:
                 _pid, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 peaks.append(usage.ru_maxrss / 1024)  # Linux: kilobytes
+                cpu += usage.ru_utime + usage.ru_stime
                 if proc.returncode != 0:
                     print(proc.stderr.read().decode() if proc.stderr else "", file=sys.stderr)
                 for stream in (proc.stdout, proc.stderr):
@@ -508,6 +517,11 @@ def _run_worker(args: argparse.Namespace) -> int:
                 f"unknown-outcome resends {counts['unknown_outcome_resends']}; "
                 f"peak RSS per worker: {', '.join(f'{p:.0f} MB' for p in peaks)}"
             )
+            # CPU time is steadier than wall time on a shared machine: what one event costs the worker itself (the
+            # database and the sandbox run in other processes).
+            sent = counts.get("sent", 0)
+            per_event = f"{cpu / sent * 1e6:,.0f} µs per event" if sent else "n/a"
+            print(f"    worker CPU (user+sys): {cpu:.1f} s = {per_event}; load average {_loadavg()}")
             if count == 1:
                 print(f"    target >= 5,000 events/s with one worker: {'met' if rate >= 5000 else 'NOT met'}")
     finally:
