@@ -856,6 +856,7 @@ _ABSENT: _Entry = ("", "")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _HASH_LENGTHS = (32, 64)  # MD5 and SHA-256 hex digests; a value of any other length cannot be either
 _sha256 = hashlib.sha256
+_new_object = object.__new__
 
 
 def _prehashed(field: str, stripped: str) -> _Entry | None:
@@ -1079,4 +1080,8 @@ def normalize_user(user: Mapping[str, object], *, phone_regions: Sequence[str | 
             if normalized:
                 values[key] = normalized
 
-    return NormalizedUser(values=values, hashes=hashes, browser=browser, errors=errors)
+    # Filled in directly rather than through the generated __init__: a frozen dataclass sets each field
+    # with object.__setattr__, which costs as much as normalizing two cached fields. Same instance state.
+    result = _new_object(NormalizedUser)
+    result.__dict__.update(values=values, hashes=hashes, browser=browser, errors=errors)
+    return result

@@ -6,6 +6,7 @@ published e-mail digest, which is pinned literally.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import unicodedata
@@ -19,6 +20,7 @@ from hub.profiles.normalize import (
     BROWSER_KEYS,
     HASHED_KEYS,
     IdentifierError,
+    NormalizedUser,
     fbc_from_url,
     is_md5_hex,
     is_sha256_hex,
@@ -968,8 +970,12 @@ def test_normalize_user_agrees_with_reference_on_random_users() -> None:
     for user, phone_regions in users:
         result = normalize_user(user, phone_regions=phone_regions)
         actual = [list(mapping.items()) for mapping in (result.values, result.hashes, result.browser, result.errors)]
-        assert actual == _reference_normalize_user(user, phone_regions), user
+        expected = _reference_normalize_user(user, phone_regions)
+        assert actual == expected, user
+        assert result == NormalizedUser(*(dict(items) for items in expected))
         outcomes.append(result)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcomes[0].values = {}  # type: ignore[misc]
     # The corpus exercises both accepted values and every kind of rejection.
     assert sum(len(outcome.values) for outcome in outcomes) > 15_000
     rejected = {field for outcome in outcomes for field in outcome.errors}
