@@ -37,12 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 from cryptography.fernet import Fernet
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from hub import migrate
 from hub.config import Settings
 from hub.db import create_db_engine, make_sessionmaker
 from hub.encryption import FieldEncryptor
+from hub.profiles import services
 from hub.profiles.identifiers import identity_policy
 from hub.profiles.services import lookup_profile, prepare_identity, resolve_many, resolve_prepared
 
@@ -197,6 +199,11 @@ def _bulk_load(url: str, count: int) -> None:
         conn.commit()
 
 
+def _lookup_sql(engine: Engine) -> str:
+    """The SQL ``find_profile_by_identity`` sends (driver parameter style), for EXPLAIN."""
+    return str(services._FIND_BY_IDENTITY_STATEMENT.compile(dialect=engine.dialect))
+
+
 def run_lookup(args: argparse.Namespace) -> None:
     admin = _postgres_admin_url(args)
     if not admin:
@@ -214,6 +221,14 @@ def run_lookup(args: argparse.Namespace) -> None:
         rng = random.Random(args.seed)
         try:
             with factory() as session:
+                # The plan lookups run with: one probe of the identities (kind, value_hash) unique index and one of
+                # the profiles primary key, whatever the table size.
+                print("  plan of the lookup query (EXPLAIN ANALYZE):")
+                for (line,) in session.connection().exec_driver_sql(
+                    f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {_lookup_sql(engine)}",
+                    {"kind": "email", "value_hash": hashlib.sha256(b"person7@bench.example").hexdigest()},
+                ):
+                    print(f"    {line}")
                 # Warm the connection and the statement cache, as a running server would be.
                 for _ in range(200):
                     lookup_profile(session, "email", f"person{rng.randrange(count)}@bench.example", settings=settings)

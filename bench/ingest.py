@@ -10,7 +10,12 @@ What it does, end to end:
 3. from ``--clients`` load-generator *processes* (one persistent HTTP connection each), posts for ``--seconds``:
    first batches of 100 events, then single events; every request's latency is recorded;
 4. prints events/s and requests/s, p50/p99 latency per phase, and the peak RSS (``VmHWM``) of each gunicorn
-   worker, with the targets next to them.
+   worker, with the targets next to them, and the load average before and after (the machine may be shared:
+   compare runs only at similar load).
+
+``--in-process`` instead calls ``ingest_events`` directly (no HTTP, no gunicorn) on a throwaway PostgreSQL
+database and a SQLite file, and prints events/s and SQL statements per event (counted with a
+``before_cursor_execute`` listener) for batches of 100 and for single events: where ingestion's own cost is.
 
 Events are realistic for a shop: 60 % carry an email + external_id drawn from a pool of 5,000 people (so most
 resolve to an existing profile, some create one), 40 % are anonymous page views with only a ``_fbp`` cookie.
@@ -198,6 +203,77 @@ def wait_until_up(port: int, process: subprocess.Popen, timeout: float = 30) -> 
     raise SystemExit("gunicorn did not answer /healthz in time")
 
 
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def in_process(url: str, *, batches: int, singles: int) -> list[str]:
+    """ingest_events called directly: events/s and statements per event, batches of 100, then single events."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event
+
+    from hub import migrate
+    from hub.config import Settings
+    from hub.db import create_db_engine, make_sessionmaker
+    from hub.encryption import FieldEncryptor
+    from hub.events.services import ingest_events
+
+    migrate.upgrade(url)
+    settings = Settings(env="test", database_url=url, encryption_keys=(Fernet.generate_key().decode(),))
+    encryptor = FieldEncryptor(settings.encryption_keys)
+    engine = create_db_engine(url)
+    statements = [0]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(*_args: Any) -> None:
+        statements[0] += 1
+
+    factory = make_sessionmaker(engine)
+    rng = random.Random(7)
+    lines = []
+    try:
+        for label, size, count in (("batches of 100", 100, batches), ("single events", 1, singles)):
+            bodies = [[make_event(rng, int(time.time())) for _ in range(size)] for _ in range(count)]
+            statements[0] = 0
+            started = time.perf_counter()
+            for body in bodies:
+                with factory() as session:
+                    results = ingest_events(session, encryptor, body, settings=settings, now=datetime.now(UTC))
+                    session.commit()
+                if any(r.status != "accepted" for r in results):
+                    raise SystemExit(f"not accepted: {[r for r in results if r.status != 'accepted'][:2]}")
+            elapsed = time.perf_counter() - started
+            events = size * count
+            lines.append(
+                f"{label:>15}: {events / elapsed:8.0f} events/s  {statements[0] / events:5.2f} statements/event  "
+                f"({events} events, {elapsed:.1f} s)"
+            )
+    finally:
+        engine.dispose()
+    return lines
+
+
+def run_in_process(admin: Any, batches: int, singles: int) -> int:
+    print(f"hub ingestion, in process (ingest_events, commit per request); load average {load_average()}")
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as directory:
+        for line in in_process(f"sqlite:///{directory}/bench.db", batches=batches, singles=singles):
+            print(f"  sqlite     {line}")
+    name = f"hub_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = admin.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+        for line in in_process(url, batches=batches, singles=singles):
+            print(f"  postgresql {line}")
+    finally:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print(f"load average after: {load_average()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each measured phase")
@@ -208,9 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("HUB_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres"),
         help="an admin URL of a PostgreSQL server where a throwaway database may be created",
     )
+    parser.add_argument(
+        "--in-process", action="store_true", help="call ingest_events directly and count SQL statements per event"
+    )
+    parser.add_argument("--batches", type=int, default=50, help="--in-process: batches of 100 to ingest")
+    parser.add_argument("--singles", type=int, default=1000, help="--in-process: single events to ingest")
     args = parser.parse_args(argv)
 
     admin = make_url(args.postgres).set(drivername="postgresql")
+    if args.in_process:
+        return run_in_process(admin, args.batches, args.singles)
+    load_before = load_average()
     name = f"hub_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -266,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"hub ingestion benchmark: gunicorn {args.workers} workers, {args.clients} client processes, PostgreSQL")
     print(f"cpus: {os.cpu_count()} (server, PostgreSQL and load generator share them)")
+    print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_average()}")
     for label, phase in (("batches of 100", batched), ("single events", single)):
         print(
             f"{label:>15}: {phase['events_per_s']:8.0f} events/s  {phase['requests_per_s']:7.0f} requests/s  "

@@ -31,6 +31,8 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    String,
+    Text,
     and_,
     bindparam,
     delete,
@@ -43,13 +45,14 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from hub.config import Settings
-from hub.db import new_id
+from hub.db import UTCDateTime, new_id
 from hub.encryption import DecryptionError, FieldEncryptor
 from hub.events.models import Event
 from hub.profiles.identifiers import (
@@ -605,6 +608,33 @@ def insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequ
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
 
 
+@functools.cache
+def _postgresql_identities_insert() -> Any:
+    """``INSERT INTO identities ... SELECT * FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING kind, value_hash``:
+    one short statement whatever the row count. A multi-row VALUES list of thousands of parameters made the
+    driver re-parse a new query text for every batch (psycopg only caches short queries), which cost more than
+    PostgreSQL took to insert the rows. unnest keeps the arrays' order, so rows are still inserted sorted."""
+    rows = (
+        func.unnest(
+            bindparam("profile_ids", type_=postgresql.ARRAY(String)),
+            bindparam("kinds", type_=postgresql.ARRAY(String)),
+            bindparam("hashes", type_=postgresql.ARRAY(String)),
+            bindparam("values", type_=postgresql.ARRAY(Text)),
+        )
+        .table_valued("profile_id", "kind", "value_hash", "value_encrypted")
+        .render_derived(name="new_identities")
+    )
+    now = bindparam("now", type_=UTCDateTime())
+    source = select(rows.c.profile_id, rows.c.kind, rows.c.value_hash, rows.c.value_encrypted, now, now)
+    columns = ["profile_id", "kind", "value_hash", "value_encrypted", "created_at", "last_seen_at"]
+    return (
+        postgresql_insert(Identity.__table__)
+        .from_select(columns, source)
+        .on_conflict_do_nothing(index_elements=["kind", "value_hash"])
+        .returning(Identity.kind, Identity.value_hash)
+    )
+
+
 def _create_new_people(
     session: Session,
     encryptor: FieldEncryptor,
@@ -668,7 +698,16 @@ def _create_new_people(
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
     session.execute(insert(Profile.__table__), profiles)
     inserted: set[tuple[str, str]] = set()
-    if identities:
+    if identities and session.get_bind().dialect.name == "postgresql":
+        params = {
+            "profile_ids": [row["profile_id"] for row in identities],
+            "kinds": [row["kind"] for row in identities],
+            "hashes": [row["value_hash"] for row in identities],
+            "values": [row["value_encrypted"] for row in identities],
+            "now": now,
+        }
+        inserted = {(row.kind, row.value_hash) for row in session.execute(_postgresql_identities_insert(), params)}
+    elif identities:
         statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
         rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
         inserted = {(row.kind, row.value_hash) for row in rows}
@@ -1114,16 +1153,31 @@ def attach_identity(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_ROOT_OF = aliased(Profile, name="root_of")
+# A profile's merged_into_id and whether that root is itself merged, in one query (built once; bind parameter).
+_CANONICAL_STATEMENT = (
+    select(Profile.merged_into_id, _ROOT_OF.id.label("root_id"), _ROOT_OF.merged_into_id.label("root_merged_into_id"))
+    .outerjoin(_ROOT_OF, _ROOT_OF.id == Profile.merged_into_id)
+    .where(Profile.id == bindparam("profile_id"))
+)
+
+
 def canonical_profile_id(session: Session, profile_id: str) -> str:
-    """The root of the cluster ``profile_id`` belongs to (itself unless merged away). Raises ProfileNotFound."""
+    """The root of the cluster ``profile_id`` belongs to (itself unless merged away). Raises ProfileNotFound.
+
+    One query: the profile joined to the profile it was merged into (merges are flattened, so that is the root)."""
     current = profile_id
     for _ in range(8):  # flattened merges make this one hop; the bound guards against a corrupted chain
-        target = session.execute(select(Profile.merged_into_id).where(Profile.id == current)).first()
-        if target is None:
+        row = session.execute(_CANONICAL_STATEMENT, {"profile_id": current}).first()
+        if row is None:
             raise ProfileNotFound(profile_id)
-        if target.merged_into_id is None:
+        if row.merged_into_id is None:
             return current
-        current = target.merged_into_id
+        if row.root_id is None:
+            raise ProfileNotFound(profile_id)
+        if row.root_merged_into_id is None:
+            return row.root_id
+        current = row.root_merged_into_id
     raise ProfileNotFound(profile_id)
 
 
@@ -1135,13 +1189,18 @@ def cluster_ids(session: Session, root_id: str) -> list[str]:
     return [root_id, *others]
 
 
+# One probe of the identities (kind, value_hash) unique index joined to the holder's primary key; built once so a
+# lookup pays no expression building or cache-key generation (lookup p99 is an API target).
+_FIND_BY_IDENTITY_STATEMENT = (
+    select(Profile.id, Profile.merged_into_id)
+    .join(Identity, Identity.profile_id == Profile.id)
+    .where(Identity.kind == bindparam("kind"), Identity.value_hash == bindparam("value_hash"))
+)
+
+
 def find_profile_by_identity(session: Session, kind: str, value_hash: str) -> str | None:
     """The canonical profile holding (kind, hash), or None."""
-    row = session.execute(
-        select(Profile.id, Profile.merged_into_id)
-        .join(Identity, Identity.profile_id == Profile.id)
-        .where(Identity.kind == kind, Identity.value_hash == value_hash.lower())
-    ).first()
+    row = session.execute(_FIND_BY_IDENTITY_STATEMENT, {"kind": kind, "value_hash": value_hash.lower()}).first()
     if row is None:
         return None
     return row.merged_into_id or row.id
