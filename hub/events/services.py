@@ -1,13 +1,19 @@
 """Event ingestion into the outbox, and the stored event as the API shows it (CONTRACT.md, events).
 
 `ingest_events` validates a batch event by event (`hub.events.schemas` for the structure, identity preparation for
-the `user` values and the region), then resolves the identities of all valid events together
-(`hub.profiles.services.resolve_many`: one lookup, multi-row inserts) and writes their `Event` rows in one
-multi-row INSERT, all inside one SAVEPOINT. When a concurrent request stored one of the event_ids first, that
-SAVEPOINT is rolled back and the events are stored again one SAVEPOINT each, so that event is reported as a
-duplicate and never undoes the others. A deadlock or lock timeout rolls the SAVEPOINT back and retries the batch
-(bounded). The caller owns the commit (the request's single commit point): the API answers 202 only after that
-commit succeeded, so every "accepted" result is durable.
+the `user` values and the region), then plans the identities of all valid events with one lookup
+(`hub.profiles.services.plan_many`) and writes their `Event` rows with one INSERT:
+
+* when resolution writes nothing (returning people, anonymous browsers, erased people — most traffic), the
+  events are inserted with ON CONFLICT (event_id) DO NOTHING: no SAVEPOINT, no look-up of stored ids; a skipped
+  event_id is a duplicate;
+* otherwise stored event_ids are looked up first, and resolution (`complete_many`: multi-row inserts) and the
+  insert run inside one SAVEPOINT. When a concurrent request stored one of the event_ids first, that SAVEPOINT is
+  rolled back and the events are stored again one SAVEPOINT each, so that event is reported as a duplicate and
+  never undoes the others. A deadlock or lock timeout rolls the SAVEPOINT back and retries the batch (bounded).
+
+The caller owns the commit (the request's single commit point): the API answers 202 only after that commit
+succeeded, so every "accepted" result is durable.
 
 Decisions:
 
@@ -31,6 +37,8 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import random
 import time
@@ -40,11 +48,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Boolean, String, Text, bindparam, cast, func, insert, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
+from hub.db import UTCDateTime
 from hub.encryption import FieldEncryptor
 from hub.events.models import Event
 from hub.events.schemas import ParsedEvent, parse_event
@@ -229,6 +240,69 @@ LOCK_CONFLICT_ATTEMPTS = 3
 LOCK_CONFLICT_BACKOFF_SECONDS = 0.02
 
 
+# Columns taken from each event row; the others are the same for the whole batch (see _insert_events).
+_ARRAY_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("event_id", String()),
+    ("source_event", String()),
+    ("profile_id", String()),
+    ("occurred_at", UTCDateTime()),
+    ("action_source", String()),
+    ("source_url", Text()),
+    ("user_data_encrypted", Text()),
+    ("region", String()),
+    ("gpc", Boolean()),
+    ("suppressed", Boolean()),
+    ("properties", Text()),  # JSON text, cast to the column's JSONB
+)
+_BATCH_COLUMNS = ("received_at", "status", "attempts", "next_attempt_at", "unknown_outcome_resends")
+
+
+@functools.cache
+def _postgresql_events_insert(ignore_conflicts: bool) -> Any:
+    """``INSERT INTO events ... SELECT ... FROM unnest(arrays)``: one short statement for any batch size. A
+    multi-row VALUES list is a new query text per batch size, which the driver re-parses every time (psycopg
+    caches short queries only), and an executemany sends one INSERT per row."""
+    rows = (
+        func.unnest(*(bindparam(f"{name}_list", type_=postgresql.ARRAY(kind)) for name, kind in _ARRAY_COLUMNS))
+        .table_valued(*(name for name, _kind in _ARRAY_COLUMNS))
+        .render_derived(name="new_events")
+    )
+    values = [
+        cast(rows.c.properties, postgresql.JSONB) if name == "properties" else rows.c[name]
+        for name, _kind in _ARRAY_COLUMNS
+    ]
+    values += [bindparam(name, type_=Event.__table__.c[name].type) for name in _BATCH_COLUMNS]
+    columns = [name for name, _kind in _ARRAY_COLUMNS] + list(_BATCH_COLUMNS)
+    statement = postgresql_insert(Event.__table__).from_select(columns, select(*values))
+    if ignore_conflicts:
+        return statement.on_conflict_do_nothing(index_elements=["event_id"]).returning(Event.event_id)
+    return statement
+
+
+def _insert_events(session: Session, rows: Sequence[dict[str, Any]], *, ignore_conflicts: bool) -> set[str]:
+    """Insert the batch's event rows in input order (one statement); with ``ignore_conflicts`` an event_id
+    already stored is skipped. The event_ids inserted (all of them without ``ignore_conflicts``)."""
+    if not rows:
+        return set()
+    if session.get_bind().dialect.name == "postgresql" and all(
+        row[name] == rows[0][name] for row in rows for name in _BATCH_COLUMNS
+    ):
+        params: dict[str, Any] = {
+            f"{name}_list": [row[name] for row in rows] for name, _kind in _ARRAY_COLUMNS if name != "properties"
+        }
+        params["properties_list"] = [
+            None if row["properties"] is None else json.dumps(row["properties"]) for row in rows
+        ]
+        params.update({name: rows[0][name] for name in _BATCH_COLUMNS})
+        result = session.execute(_postgresql_events_insert(ignore_conflicts), params)
+        return set(result.scalars()) if ignore_conflicts else {row["event_id"] for row in rows}
+    if ignore_conflicts:
+        statement = insert_ignoring_conflicts(session, Event.__table__, ("event_id",)).returning(Event.event_id)
+        return set(session.scalars(statement, rows))
+    session.execute(insert(Event.__table__), rows)
+    return {row["event_id"] for row in rows}
+
+
 def _store_without_resolution_writes(
     session: Session,
     encryptor: FieldEncryptor,
@@ -244,8 +318,7 @@ def _store_without_resolution_writes(
     events that were inserted."""
     answers = [answer for answer in plan.answers if answer is not None]
     rows = [_event_row(encryptor, c, r, now, grace) for c, r in zip(candidates, answers, strict=True)]
-    statement = insert_ignoring_conflicts(session, Event.__table__, ("event_id",)).returning(Event.event_id)
-    inserted = set(session.scalars(statement, rows))
+    inserted = _insert_events(session, rows, ignore_conflicts=True)
     kept = [index for index, c in enumerate(candidates) if c.event_id in inserted]
     refresh_last_seen(session, plan.touch_ids(kept), now)
     taken = [c.event_id for c in candidates if c.event_id not in inserted]
@@ -344,7 +417,7 @@ def _store_together(
         )
         rows = [_event_row(encryptor, c, r, now, grace) for c, r in zip(candidates, resolutions, strict=True)]
         # Core insert: one multi-row INSERT without the ORM's per-object bookkeeping, in input order.
-        session.execute(insert(Event.__table__), rows)
+        _insert_events(session, rows, ignore_conflicts=False)
     return [
         IngestResult(c.index, c.event_id, ACCEPTED, r.profile_id) for c, r in zip(candidates, resolutions, strict=True)
     ]

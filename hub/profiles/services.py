@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     delete,
     func,
@@ -609,6 +610,26 @@ def insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequ
 
 
 @functools.cache
+def _postgresql_profiles_insert() -> Any:
+    """``INSERT INTO profiles ... SELECT * FROM unnest(arrays)``: one statement for the batch's new people (an
+    executemany would send one INSERT per row)."""
+    rows = (
+        func.unnest(
+            bindparam("ids", type_=postgresql.ARRAY(String)),
+            bindparam("traits", type_=postgresql.ARRAY(Text)),
+            bindparam("regions", type_=postgresql.ARRAY(String)),
+        )
+        .table_valued("id", "traits_encrypted", "region")
+        .render_derived(name="new_profiles")
+    )
+    now = bindparam("now", type_=UTCDateTime())
+    source = select(rows.c.id, rows.c.traits_encrypted, rows.c.region, now, now)
+    return insert(Profile.__table__).from_select(
+        ["id", "traits_encrypted", "region", "created_at", "updated_at"], source
+    )
+
+
+@functools.cache
 def _postgresql_identities_insert() -> Any:
     """``INSERT INTO identities ... SELECT * FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING kind, value_hash``:
     one short statement whatever the row count. A multi-row VALUES list of thousands of parameters made the
@@ -696,7 +717,16 @@ def _create_new_people(
     # Core inserts on the tables: multi-row VALUES without the ORM's per-object bookkeeping.
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
-    session.execute(insert(Profile.__table__), profiles)
+    if session.get_bind().dialect.name == "postgresql":
+        profile_params = {
+            "ids": [row["id"] for row in profiles],
+            "traits": [row["traits_encrypted"] for row in profiles],
+            "regions": [row["region"] for row in profiles],
+            "now": now,
+        }
+        session.execute(_postgresql_profiles_insert(), profile_params)
+    else:
+        session.execute(insert(Profile.__table__), profiles)
     inserted: set[tuple[str, str]] = set()
     if identities and session.get_bind().dialect.name == "postgresql":
         params = {
@@ -763,20 +793,24 @@ def _hash_param(kind: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _lookup_statement(kinds: tuple[str, ...]) -> Any:
-    """The lookup for identifiers of these kinds, built once per combination of kinds: the hashes are expanding
-    bind parameters, so SQLAlchemy's compiled-statement cache serves every later call (building the expression
-    anew for each event cost more than the query itself). Each kind's term probes the (kind, value_hash) unique
-    index; the canonical profile comes from a join on the holder's ``merged_into_id`` (one query, not two)."""
+def _lookup_statement(kinds: tuple[str, ...], dialect: str) -> Any:
+    """The lookup for identifiers of these kinds, built once per combination of kinds: the hashes are bind
+    parameters, so SQLAlchemy's compiled-statement cache serves every later call (building the expression anew for
+    each event cost more than the query itself). Each kind's term probes the (kind, value_hash) unique index; the
+    canonical profile comes from a join on the holder's ``merged_into_id`` (one query, not two).
+
+    PostgreSQL gets ``value_hash = ANY(array)``: the query text stays the same for any number of hashes, so the
+    driver's parse cache and the server's prepared statement serve it (an expanded IN list is a new text each
+    time); SQLite gets an expanded IN list, which it answers with index probes."""
     root = aliased(Profile, name="root")
 
+    def hashes_match(hash_column: Any, kind: str) -> ColumnElement[bool]:
+        if dialect == "postgresql":
+            return hash_column == any_(bindparam(_hash_param(kind), type_=postgresql.ARRAY(String)))
+        return hash_column.in_(bindparam(_hash_param(kind), expanding=True))
+
     def where(kind_column: Any, hash_column: Any) -> ColumnElement[bool]:
-        return or_(
-            *(
-                and_(kind_column == kind, hash_column.in_(bindparam(_hash_param(kind), expanding=True)))
-                for kind in kinds
-            )
-        )
+        return or_(*(and_(kind_column == kind, hashes_match(hash_column, kind)) for kind in kinds))
 
     identities = (
         select(
@@ -814,13 +848,14 @@ def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _S
     """The identities held for these (kind, hash) pairs and which pairs are suppressed: one round trip per
     ``LOOKUP_CHUNK`` pairs."""
     keys = sorted({(c.kind, c.value_hash) for c in candidates})
+    dialect = session.get_bind().dialect.name
     held: dict[tuple[str, str], _Held] = {}
     blocked: set[tuple[str, str]] = set()
     for start in range(0, len(keys), LOOKUP_CHUNK):
         by_kind: dict[str, list[str]] = {}
         for kind, value_hash in keys[start : start + LOOKUP_CHUNK]:
             by_kind.setdefault(kind, []).append(value_hash)
-        statement = _lookup_statement(tuple(sorted(by_kind)))
+        statement = _lookup_statement(tuple(sorted(by_kind)), dialect)
         params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
         for row in session.execute(statement, params):
             if row.source == "s":
