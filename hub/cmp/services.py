@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
 from hub.cmp.adapters import ConsentSubmission, PayloadError, parse_payload
 from hub.cmp.auth import AuthError, check_ip_allowed, verify_basic, verify_bearer, verify_hmac_signature
@@ -211,6 +211,37 @@ class StoredDelivery:
     duplicate_of: int | None
 
 
+def _inbox_insert_statement(*, by_event_key: bool) -> Any:
+    """INSERT of an inbox row returning its id and the earliest earlier delivery of the same source with the same
+    body (or CMP event id) that was processed or was a repeat. Built once (parameters ``new_*``/``earlier_*``):
+    constructing it costs more Python than running it."""
+    table = CmpInboxItem.__table__
+    earlier = table.alias("earlier")
+    same = earlier.c.body_sha256 == bindparam("earlier_body_sha256", type_=table.c.body_sha256.type)
+    if by_event_key:
+        same = same | (earlier.c.event_key == bindparam("earlier_event_key", type_=table.c.event_key.type))
+    duplicate_of = (
+        select(earlier.c.id)
+        .where(
+            earlier.c.source_id == bindparam("new_source_id", type_=table.c.source_id.type),
+            earlier.c.status.in_(("processed", "duplicate")),
+            same,
+        )
+        .order_by(earlier.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    columns = ("source_id", "received_at", "body", "body_sha256", "headers", "status")
+    return (
+        insert(table)
+        .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in columns})
+        .returning(table.c.id, duplicate_of.label("duplicate_of"))
+    )
+
+
+_INBOX_INSERT = {flag: _inbox_insert_statement(by_event_key=flag) for flag in (False, True)}
+
+
 def parse_delivery(source: SourceConfig, body: bytes) -> ParsedDelivery:
     body_sha256 = hashlib.sha256(body).hexdigest()
     try:
@@ -236,29 +267,18 @@ def store_delivery(
     kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
     if remote_addr:
         kept["remote_addr"] = remote_addr
-    earlier = aliased(CmpInboxItem, name="earlier")
-    same = earlier.body_sha256 == parsed.body_sha256
+    parameters: dict[str, Any] = {
+        "new_source_id": source.id,
+        "new_received_at": now,
+        "new_body": _encrypt(encryptor, body),
+        "new_body_sha256": parsed.body_sha256,
+        "new_headers": kept,
+        "new_status": "received",
+        "earlier_body_sha256": parsed.body_sha256,
+    }
     if parsed.event_key is not None:
-        same = same | (earlier.event_key == parsed.event_key)
-    duplicate_of = (
-        select(earlier.id)
-        .where(earlier.source_id == source.id, earlier.status.in_(("processed", "duplicate")), same)
-        .order_by(earlier.id)
-        .limit(1)
-        .scalar_subquery()
-    )
-    row = session.execute(
-        insert(CmpInboxItem)
-        .values(
-            source_id=source.id,
-            received_at=now,
-            body=_encrypt(encryptor, body),
-            body_sha256=parsed.body_sha256,
-            headers=kept,
-            status="received",
-        )
-        .returning(CmpInboxItem.id, duplicate_of.label("duplicate_of"))
-    ).one()
+        parameters["earlier_event_key"] = parsed.event_key
+    row = session.execute(_INBOX_INSERT[parsed.event_key is not None], parameters).one()
     return StoredDelivery(inbox_id=row.id, body_sha256=parsed.body_sha256, duplicate_of=row.duplicate_of)
 
 

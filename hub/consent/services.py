@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, literal, null, select, union_all
+from sqlalchemy import String, bindparam, delete, func, literal, null, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -245,14 +245,13 @@ def _lock_root(session: Session, profile_id: str, purposes: Iterable[str] = ()) 
     validates its input first, so input errors are reported before these) and ``known`` how many of
     ``purposes`` the catalogue holds, counted by the first statement to save a round trip."""
     names = sorted(set(purposes))
-    known_count = select(func.count()).where(Purpose.name.in_(names)).scalar_subquery()
     current = profile_id
     known = 0
     for hop in range(8):  # merges are flattened: one hop at most, the bound guards against a corrupted chain
-        columns: list[Any] = [Profile.merged_into_id, Profile.erased_at]
         if hop == 0 and names:
-            columns.append(known_count.label("known"))
-        row = session.execute(select(*columns).where(Profile.id == current).with_for_update(of=Profile)).first()
+            row = session.execute(_LOCK_PROFILE_COUNTING, {"profile_id": current, "names": names}).first()
+        else:
+            row = session.execute(_LOCK_PROFILE, {"profile_id": current}).first()
         if row is None:
             return None, ProfileNotFound(profile_id), known
         if hop == 0 and names:
@@ -263,6 +262,39 @@ def _lock_root(session: Session, profile_id: str, purposes: Iterable[str] = ()) 
             return current, None, known
         current = row.merged_into_id
     return None, ProfileNotFound(profile_id), known
+
+
+# Statements of the write path built once (constructing them costs more Python than running them).
+_LOCK_PROFILE = (
+    select(Profile.merged_into_id, Profile.erased_at)
+    .where(Profile.id == bindparam("profile_id", type_=String))
+    .with_for_update(of=Profile)
+)
+_LOCK_PROFILE_COUNTING = _LOCK_PROFILE.add_columns(
+    select(func.count()).where(Purpose.name.in_(bindparam("names", expanding=True))).scalar_subquery().label("known")
+)
+_CLUSTER_MEMBERS = select(Profile.id).where(
+    (Profile.id == bindparam("root", type_=String)) | (Profile.merged_into_id == bindparam("root", type_=String))
+)
+# The projection branch comes first so its column types decode the result.
+_SEEN_AND_STATE = union_all(
+    select(
+        literal("state").label("kind"),
+        ConsentState.purpose,
+        ConsentState.status,
+        ConsentState.collected_at,
+        ConsentState.expires_at,
+        ConsentState.record_id,
+    ).where(
+        ConsentState.profile_id == bindparam("root", type_=String),
+        ConsentState.purpose.in_(bindparam("purposes", expanding=True)),
+    ),
+    select(literal("seen"), ConsentRecord.purpose, null(), null(), null(), null()).where(
+        ConsentRecord.source == bindparam("source", type_=String),
+        ConsentRecord.source_event_id == bindparam("source_event_id", type_=String),
+        ConsentRecord.profile_id.in_(_CLUSTER_MEMBERS),
+    ),
+)
 
 
 def record_consent(
@@ -349,23 +381,10 @@ def _seen_and_state(
     """One statement, run after the root is locked (so it sees a concurrent writer's committed rows): the
     purposes already recorded for ``(source, source_event_id)`` in the cluster, and the root's projection rows
     for ``purposes``. The projection branch comes first so its column types decode the result."""
-    members = select(Profile.id).where((Profile.id == root) | (Profile.merged_into_id == root))
-    state_rows = select(
-        literal("state").label("kind"),
-        ConsentState.purpose,
-        ConsentState.status,
-        ConsentState.collected_at,
-        ConsentState.expires_at,
-        ConsentState.record_id,
-    ).where(ConsentState.profile_id == root, ConsentState.purpose.in_(sorted(purposes)))
-    seen_rows = select(literal("seen"), ConsentRecord.purpose, null(), null(), null(), null()).where(
-        ConsentRecord.source == source,
-        ConsentRecord.source_event_id == source_event_id,
-        ConsentRecord.profile_id.in_(members),
-    )
     seen: set[str] = set()
     state: dict[str, ConsentFact] = {}
-    for row in session.execute(union_all(state_rows, seen_rows)):
+    parameters = {"root": root, "source": source, "source_event_id": source_event_id, "purposes": sorted(purposes)}
+    for row in session.execute(_SEEN_AND_STATE, parameters):
         if row.kind == "seen":
             seen.add(row.purpose)
         else:
@@ -422,8 +441,8 @@ def _advance_projection(
             state[record.purpose] = changed[record.purpose] = fact
     if not changed:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(ConsentState).values(
+    session.execute(
+        _projection_upsert(session.get_bind().dialect.name),
         [
             {
                 "profile_id": profile_id,
@@ -435,26 +454,31 @@ def _advance_projection(
                 "updated_at": now,
             }
             for _purpose, fact in sorted(changed.items())
-        ]
-    )
-    excluded = statement.excluded
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[ConsentState.profile_id, ConsentState.purpose],
-            set_={
-                "status": excluded.status,
-                "collected_at": excluded.collected_at,
-                "expires_at": excluded.expires_at,
-                "record_id": excluded.record_id,
-                "updated_at": excluded.updated_at,
-            },
-        )
+        ],
     )
     # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM).
     for purpose in changed:
         loaded = session.identity_map.get(session.identity_key(ConsentState, (profile_id, purpose)))
         if loaded is not None:
             session.expire(loaded)
+
+
+_PROJECTION_UPSERTS: dict[str, Any] = {}
+_PROJECTION_COLUMNS = ("status", "collected_at", "expires_at", "record_id", "updated_at")
+
+
+def _projection_upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (profile_id, purpose) DO UPDATE for ``consent_state``, built once per dialect."""
+    statement = _PROJECTION_UPSERTS.get(dialect)
+    if statement is None:
+        table = ConsentState.__table__
+        insert = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+        statement = insert.on_conflict_do_update(
+            index_elements=[table.c.profile_id, table.c.purpose],
+            set_={name: insert.excluded[name] for name in _PROJECTION_COLUMNS},
+        )
+        _PROJECTION_UPSERTS[dialect] = statement
+    return statement
 
 
 def _state_row(profile_id: str, fact: ConsentFact, now: datetime) -> ConsentState:
