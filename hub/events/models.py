@@ -52,5 +52,9 @@ class Event(Base):
     context_purged_at: Mapped[datetime | None]
 
 
-# The scheduler's claim query: due events by status and time.
+# Counting events by status (metrics, dashboards).
 Index("ix_events_status_next_attempt", Event.status, Event.next_attempt_at)
+# The scheduler's claim query (`status IN (...) ORDER BY next_attempt_at, id`): only waiting events are in this
+# index, so a claim reads the first due rows in order instead of sorting the whole backlog on every batch.
+_DUE = Event.status.in_(("pending", "retrying"))
+Index("ix_events_due", Event.next_attempt_at, Event.id, postgresql_where=_DUE, sqlite_where=_DUE)
