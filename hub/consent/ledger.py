@@ -1,9 +1,10 @@
 """Loading a person's consent ledger from the database for the pure policy in ``hub.consent.policy``.
 
 A merged person's ledger is the union of the ledgers of every profile in the cluster (the root and everything
-merged into it): records are never moved on merge, so the evidence stays exactly as it was collected. The union
-alone would let one device's later grant override another device's denial, so the members' ledgers are combined
-with ``policy.combine_on_merge`` (DESIGN §4.2: on merge the most restrictive recent decision wins).
+merged into it): records are never moved on merge, so the evidence stays exactly as it was collected. What a merge
+means for consent (DESIGN §4.2: the most restrictive recent decision wins) is written into the ledger once, at
+merge time, as ``source="merge"`` denials (``hub.consent.services.record_merge_denials``), so reading is a plain
+union and a decision the person makes after the merge wins whichever profile it is recorded on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import Select, String, bindparam, func, select
 from sqlalchemy.orm import Session, aliased
 
 from hub.consent.models import ConsentRecord
-from hub.consent.policy import ConsentFact, ConsentLedger, combine_on_merge
+from hub.consent.policy import ConsentFact, ConsentLedger
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -33,20 +34,15 @@ def fact_from_record(record: ConsentRecord) -> ConsentFact:
 
 
 def combine_cluster(members: Sequence[Iterable[ConsentFact]]) -> ConsentLedger:
-    """One ledger for a cluster from each member profile's facts (root first), folding ``combine_on_merge``."""
-    if not members:
-        return ConsentLedger(())
-    combined = ConsentLedger(members[0])
-    for facts in members[1:]:
-        combined = combine_on_merge(list(combined), facts)
-    return combined
+    """One ledger for a cluster from each member profile's facts: their union (merge denials are stored rows)."""
+    return ConsentLedger(fact for facts in members for fact in facts)
 
 
 def load_ledger(session: Session, profile_id: str, purpose: str | None = None) -> ConsentLedger:
     """The consent ledger of the person ``profile_id`` belongs to (any id of a merged cluster works).
 
-    With ``purpose`` only that purpose's facts are read: the cluster fold (``combine_on_merge``) works purpose by
-    purpose, so the result answers every question about ``purpose`` exactly as the whole ledger would.
+    With ``purpose`` only that purpose's facts are read; the result answers every question about ``purpose``
+    exactly as the whole ledger would.
     Raises ProfileNotFound.
     """
     statement, parameters = cluster_records_query(profile_id, purpose)

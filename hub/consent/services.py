@@ -23,7 +23,7 @@ Decisions documented here because the API, the CMP webhooks and the scheduler re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,9 +33,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from hub.consent.ledger import load_ledger
+from hub.consent.ledger import fact_from_record, load_ledger
 from hub.consent.models import ConsentRecord, ConsentState, Purpose
-from hub.consent.policy import STATUSES, ConsentFact, ConsentLedger
+from hub.consent.policy import DENIED, STATUSES, ConsentFact, ConsentLedger, merge_denials
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -594,6 +594,67 @@ def verify_projection(session: Session) -> list[ProjectionMismatch]:
 # ----------------------------------------------------------------------------------------------------------
 # Reads (a person's whole cluster)
 # ----------------------------------------------------------------------------------------------------------
+
+
+def record_merge_denials(
+    session: Session,
+    *,
+    winner_id: str,
+    winner_members: Sequence[str],
+    loser_id: str,
+    loser_members: Sequence[str],
+    now: datetime,
+) -> list[ConsentRecord]:
+    """Persist what merging two people's profiles means for consent (DESIGN §4.2: the most restrictive recent
+    decision wins), as new ledger rows on the winner, written once at merge time.
+
+    Where one side's latest decision for a purpose is a denial and the other side granted later
+    (``policy.merge_denials``), the union of the two ledgers would let that grant — given on what we only now know
+    is the same person's other device — override the denial. A ``source="merge"`` denial at the grant's instant
+    restores it; its proof names the denial it re-asserts and the merged profile. Decisions the person makes after
+    that instant simply win again, whichever profile of the cluster they are recorded on. Called by identity
+    resolution before the loser's rows are re-pointed; ``*_members`` are the two clusters' profile ids.
+    """
+
+    def facts(ids: Sequence[str]) -> list[ConsentFact]:
+        rows = session.scalars(select(ConsentRecord).where(ConsentRecord.profile_id.in_(list(ids))))
+        return [fact_from_record(row) for row in rows]
+
+    derived = merge_denials(facts(winner_members), facts(loser_members))
+    if not derived:
+        return []
+    records = [
+        ConsentRecord(
+            profile_id=winner_id,
+            purpose=fact.purpose,
+            status=DENIED,
+            collected_at=fact.collected_at,
+            received_at=now,
+            source="merge",
+            # A profile is merged away at most once, so this is unique per (purpose, winner).
+            source_event_id=f"merge:{loser_id}",
+            expires_at=fact.expires_at,
+            proof={"merged_profile_id": loser_id, "denial_record_id": _record_id(fact)},
+        )
+        for fact in derived
+    ]
+    session.add_all(records)
+    session.flush()
+    purposes = [record.purpose for record in records]
+    state = {
+        row.purpose: ConsentFact(
+            id=row.record_id,
+            purpose=row.purpose,
+            status=row.status,
+            collected_at=row.collected_at,
+            expires_at=row.expires_at,
+        )
+        for row in session.scalars(
+            select(ConsentState).where(ConsentState.profile_id == winner_id, ConsentState.purpose.in_(purposes))
+        )
+    }
+    _advance_projection(session, winner_id, records, now, state)
+    return records
 
 
 def _record_id(fact: ConsentFact) -> int | str:

@@ -8,7 +8,7 @@ merge chains hop by hop for the whole batch), the members of every cluster, and 
 
 Same semantics as the per-event reads: the root is found by following ``merged_into_id`` at most 8 hops (a longer
 or broken chain counts as an unknown person); a cluster is the root then the profiles merged into it, oldest first;
-the ledger folds the members' facts with ``combine_cluster`` (root first) — ``combine_on_merge`` is order-sensitive.
+the ledger is the union of the members' facts (``combine_cluster``; merge denials are stored rows).
 """
 
 from __future__ import annotations

@@ -1067,8 +1067,19 @@ def _merge(
 ) -> None:
     """Fold ``loser`` into ``winner``: identities move, profiles merged into the loser re-point at the winner
     (flattened), and the journal records what undoing needs. Traits are combined by the caller."""
+    from hub.consent.services import record_merge_denials  # consent builds on identity; imported late
+
     moved = list(session.scalars(select(Identity.id).where(Identity.profile_id == loser.id).order_by(Identity.id)))
     repointed = list(session.scalars(select(Profile.id).where(Profile.merged_into_id == loser.id)))
+    # Before anything moves: the two people's consent histories are compared as they stood apart.
+    record_merge_denials(
+        session,
+        winner_id=winner.id,
+        winner_members=cluster_ids(session, winner.id),
+        loser_id=loser.id,
+        loser_members=[loser.id, *repointed],
+        now=now,
+    )
     details: dict[str, Any] = {
         "moved_identity_ids": moved,
         "repointed_profile_ids": repointed,

@@ -29,6 +29,7 @@ from hub.consent.services import (
     withdrawn_since,
 )
 from hub.encryption import FieldEncryptor
+from hub.profiles.models import Profile
 from hub.profiles.services import erase_profile, resolve_identity
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
@@ -348,14 +349,57 @@ def test_merge_keeps_the_most_restrictive_recent_decision(
     denial = db_session.scalar(
         select(ConsentRecord.id).where(ConsentRecord.profile_id == phone_side, ConsentRecord.purpose == "ad_user_data")
     )
-    assert state["ad_user_data"]["record_id"] == denial
+    # The merge wrote a denial of its own, at the later grant's instant, naming the denial it re-asserts.
+    derived = db_session.get(ConsentRecord, state["ad_user_data"]["record_id"])
+    assert derived.source == "merge"
+    assert derived.status == "denied"
+    assert derived.collected_at == T0 + timedelta(minutes=30)
+    assert derived.proof["denial_record_id"] == denial
     assert state["analytics_storage"]["status"] == "granted"
     assert state["ad_storage"]["status"] == "granted"
     # Either id of the cluster answers the same; the scheduler's ledger agrees.
     assert current_consent(db_session, phone_side, now) == state
     assert load_ledger(db_session, phone_side).at("ad_user_data", now).status == "denied"
     # Records were not moved; a later re-grant by the person wins again.
-    assert db_session.scalar(select(func.count()).where(ConsentRecord.profile_id == phone_side)) == 2
+    originals = select(func.count()).where(ConsentRecord.profile_id == phone_side, ConsentRecord.source != "merge")
+    assert db_session.scalar(originals) == 2
     record(db_session, merged, {"ad_user_data": "granted"}, 60)
     assert current_consent(db_session, merged, now)["ad_user_data"]["status"] == "granted"
+    assert verify_projection(db_session) == []
+
+
+@pytest.mark.parametrize("older", ["denying", "granting"])
+def test_a_person_can_grant_again_after_a_merge_whichever_profile_wins(
+    db_session: Session, encryptor: FieldEncryptor, settings: Settings, older: str
+) -> None:
+    """The older profile wins a merge; either way the merge denial is written once, and a later grant wins."""
+
+    def make(**user: str) -> str:
+        resolution = resolve_identity(
+            db_session, encryptor, user, region=None, source="test", settings=settings, now=T0 - timedelta(days=1)
+        )
+        assert resolution.profile_id is not None
+        db_session.flush()
+        return resolution.profile_id
+
+    first, second = ({"phone": "+4791234567"}, {"email": "ann@example.com"})
+    if older == "granting":
+        first, second = second, first
+    profiles = {"first": make(**first)}
+    db_session.get(Profile, profiles["first"]).created_at = T0 - timedelta(days=2)
+    profiles["second"] = make(**second)
+    denying = profiles["first"] if "phone" in first else profiles["second"]
+    granting = profiles["second"] if denying == profiles["first"] else profiles["first"]
+    record(db_session, denying, {"ad_user_data": "denied"}, 0)
+    record(db_session, granting, {"ad_user_data": "granted"}, 30)
+
+    merged = person(db_session, encryptor, settings, email="ann@example.com", phone="+4791234567")
+    assert merged == profiles["first"], "the older profile wins"
+    now = T0 + timedelta(hours=2)
+    assert current_consent(db_session, merged, now)["ad_user_data"]["status"] == "denied"
+
+    record(db_session, merged, {"ad_user_data": "granted"}, 60)
+    assert current_consent(db_session, merged, now)["ad_user_data"]["status"] == "granted"
+    assert load_ledger(db_session, denying).at("ad_user_data", now).status == "granted"
+    assert db_session.scalar(select(func.count()).where(ConsentRecord.source == "merge")) == 1
     assert verify_projection(db_session) == []
