@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 
-ACTION_SOURCES = (
+# reference/capi.md §4 [SE]: the 9 values Meta accepts (one list for ingestion, mappings, payloads and the sandbox).
+ACTION_SOURCES: tuple[str, ...] = (
     "email",
     "website",
     "app",

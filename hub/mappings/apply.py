@@ -28,18 +28,7 @@ from typing import Any
 
 import pycountry
 
-# reference/capi.md §4 [SE]: the 9 accepted values.
-ACTION_SOURCES: tuple[str, ...] = (
-    "email",
-    "website",
-    "app",
-    "phone_call",
-    "chat",
-    "physical_store",
-    "system_generated",
-    "business_messaging",
-    "other",
-)
+from hub.delivery.payload import ACTION_SOURCES  # reference/capi.md §4: Meta's 9 values
 
 # Meta's standard events (Pixel / CAPI). Any other name is a custom event; names are case-sensitive and, with
 # event_id, form the dedup key (capi.md §8), so `purchase` is a *custom* event that will not dedup with `Purchase`.

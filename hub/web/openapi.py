@@ -10,6 +10,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from hub.delivery.payload import ACTION_SOURCES
+
 bp = Blueprint("openapi", __name__)
 
 USER_FIELDS = (
@@ -111,20 +113,7 @@ def _schemas() -> dict[str, Any]:
                     "type": ["string", "integer", "number"],
                     "description": "ISO 8601 with an offset, or Unix seconds",
                 },
-                "action_source": {
-                    "type": "string",
-                    "enum": [
-                        "email",
-                        "website",
-                        "app",
-                        "phone_call",
-                        "chat",
-                        "physical_store",
-                        "system_generated",
-                        "business_messaging",
-                        "other",
-                    ],
-                },
+                "action_source": {"type": "string", "enum": list(ACTION_SOURCES)},
                 "source_url": {"type": "string", "format": "uri"},
                 "user": _ref("User"),
                 "properties": {"type": "object"},
