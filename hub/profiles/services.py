@@ -1289,6 +1289,7 @@ class ErasureSummary:
     events_scrubbed: int  # other events whose encrypted user data (identifiers, IP, user agent) was removed
     merges_redacted: int  # journal rows whose encrypted traits were removed
     consent_records_kept: int
+    cmp_deliveries_redacted: int = 0  # raw CMP webhook bodies (they carry the person's identifiers) emptied
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -1300,6 +1301,7 @@ class ErasureSummary:
                 "pending_events": self.events_deleted,
                 "event_user_data": self.events_scrubbed,
                 "merge_journal_traits": self.merges_redacted,
+                "cmp_webhook_bodies": self.cmp_deliveries_redacted,
             },
             "kept": {
                 "profile_tombstones": len(self.profiles),
@@ -1317,6 +1319,7 @@ def erase_profile(session: Session, profile_id: str, reason: str, *, now: dateti
     encrypted traits in the merge journal. Kept: the profile rows as tombstones (``erased_at``) because consent
     evidence references them, and the consent records themselves, which hold no raw identifiers.
     """
+    from hub.cmp.models import CmpInboxItem
     from hub.consent.models import ConsentRecord
 
     root = canonical_profile_id(session, profile_id)
@@ -1354,12 +1357,31 @@ def erase_profile(session: Session, profile_id: str, reason: str, *, now: dateti
         delete(Event).where(Event.profile_id.in_(members), Event.status.in_(PENDING_EVENT_STATUSES)),
         execution_options={"synchronize_session": False},
     ).rowcount
+    # Dead letters keep the payload as sent (hashed identifiers, IP, user agent): it goes with the user data.
     events_scrubbed = session.execute(
         update(Event)
-        .where(Event.profile_id.in_(members), Event.user_data_encrypted.is_not(None))
-        .values(user_data_encrypted=None, context_purged_at=now),
+        .where(
+            Event.profile_id.in_(members),
+            Event.user_data_encrypted.is_not(None) | Event.dead_payload_encrypted.is_not(None),
+        )
+        .values(user_data_encrypted=None, dead_payload_encrypted=None, context_purged_at=now),
         execution_options={"synchronize_session": False},
     ).rowcount
+    # The raw webhook bodies behind the person's consent records name them (email, CMP user id). The body's hash
+    # stays on the inbox row and in the records' proof, so the evidence that a delivery happened is kept.
+    inbox_ids = {
+        proof["inbox_id"]
+        for proof in session.scalars(select(ConsentRecord.proof).where(ConsentRecord.profile_id.in_(members)))
+        if isinstance(proof, dict) and isinstance(proof.get("inbox_id"), int)
+    }
+    cmp_redacted = 0
+    if inbox_ids:
+        cmp_redacted = session.execute(
+            update(CmpInboxItem)
+            .where(CmpInboxItem.id.in_(sorted(inbox_ids)), CmpInboxItem.body != b"")
+            .values(body=b"", headers={"redacted": "the subject was erased"}),
+            execution_options={"synchronize_session": False},
+        ).rowcount
     redacted = 0
     for merge in session.scalars(
         select(ProfileMerge).where(ProfileMerge.winner_id.in_(members) | ProfileMerge.loser_id.in_(members))
@@ -1386,6 +1408,7 @@ def erase_profile(session: Session, profile_id: str, reason: str, *, now: dateti
         events_scrubbed=events_scrubbed or 0,
         merges_redacted=redacted,
         consent_records_kept=consent_kept or 0,
+        cmp_deliveries_redacted=cmp_redacted or 0,
     )
 
 

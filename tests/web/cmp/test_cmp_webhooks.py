@@ -526,3 +526,23 @@ def test_erased_subject_is_not_recreated(
     assert any("erased" in note for note in response.get_json()["notes"])
     assert count(db_session, Profile) == 1
     assert count(db_session, ConsentRecord, ConsentRecord.source_event_id == "evt-after-erasure") == 0
+
+
+def test_erasure_empties_the_raw_webhook_bodies_that_name_the_person(
+    client: FlaskClient, db_session: Session, generic: Any
+) -> None:
+    profile_id = post_hmac(client, "shop-cmp", generic_body()).get_json()["profile_id"]
+    other = post_hmac(client, "shop-cmp", generic_body(id="evt-other", subject={"email": "bob@example.com"}))
+    assert other.get_json()["profile_id"] != profile_id
+    digest_before = {item.id: item.body_sha256 for item in inbox(db_session)}
+
+    summary = erase_profile(db_session, profile_id, "request", now=utcnow())
+    db_session.flush()
+    db_session.expire_all()
+
+    assert summary.cmp_deliveries_redacted == 1
+    erased, kept = inbox(db_session)
+    assert erased.body == b""
+    assert kept.body != b"", "another person's delivery is untouched"
+    assert {item.id: item.body_sha256 for item in inbox(db_session)} == digest_before, "the evidence hash stays"
+    assert count(db_session, ConsentRecord, ConsentRecord.profile_id == profile_id) > 0
