@@ -10,7 +10,6 @@ union and a decision the person makes after the merge wins whichever profile it 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, String, bindparam, func, select
@@ -22,7 +21,8 @@ from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
 
-def fact_from_record(record: ConsentRecord) -> ConsentFact:
+def fact_from_record(record: ConsentRecord | Any) -> ConsentFact:
+    """A ledger fact from a ``ConsentRecord`` or from any row selecting its columns by the same names."""
     return ConsentFact(
         id=record.id,
         purpose=record.purpose,
@@ -52,22 +52,7 @@ def load_ledger(session: Session, profile_id: str, purpose: str | None = None) -
     root = rows[0].root_id
     if any(row.member_id == root and row.member_merged_into_id is not None for row in rows):
         return _load_ledger_walking(session, profile_id, purpose)  # a chain that was not flattened
-    by_member: dict[tuple[bool, datetime, str], list[ConsentFact]] = {}
-    for row in rows:
-        # The root first, then the members oldest first (``cluster_ids`` order): the fold is order-sensitive.
-        facts = by_member.setdefault((row.member_id != root, row.member_created_at, row.member_id), [])
-        if row.id is not None:
-            facts.append(
-                ConsentFact(
-                    id=row.id,
-                    purpose=row.purpose,
-                    status=row.status,
-                    collected_at=row.collected_at,
-                    expires_at=row.expires_at,
-                    source=row.source,
-                )
-            )
-    return combine_cluster([facts for _key, facts in sorted(by_member.items()) if facts])
+    return ConsentLedger(fact_from_record(row) for row in rows if row.id is not None)
 
 
 def _cluster_records_statement(*, one_purpose: bool) -> Select[Any]:
@@ -130,16 +115,4 @@ def _load_ledger_walking(session: Session, profile_id: str, purpose: str | None)
     ).where(ConsentRecord.profile_id.in_(ids))
     if purpose is not None:
         query = query.where(ConsentRecord.purpose == purpose)
-    by_profile: dict[str, list[ConsentFact]] = {member: [] for member in ids}
-    for row in session.execute(query):
-        by_profile[row.profile_id].append(
-            ConsentFact(
-                id=row.id,
-                purpose=row.purpose,
-                status=row.status,
-                collected_at=row.collected_at,
-                expires_at=row.expires_at,
-                source=row.source,
-            )
-        )
-    return combine_cluster([facts for facts in by_profile.values() if facts])
+    return ConsentLedger(fact_from_record(row) for row in session.execute(query))

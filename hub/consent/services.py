@@ -519,16 +519,7 @@ def _expected_projection(session: Session, profile_id: str | None) -> dict[tuple
         if row.profile_id != current:
             flush(current)
             current, batch = row.profile_id, []
-        batch.append(
-            ConsentFact(
-                id=row.id,
-                purpose=row.purpose,
-                status=row.status,
-                collected_at=row.collected_at,
-                expires_at=row.expires_at,
-                source=row.source,
-            )
-        )
+        batch.append(fact_from_record(row))
     flush(current)
     return expected
 

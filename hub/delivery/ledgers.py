@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.consent.ledger import combine_cluster
+from hub.consent.ledger import combine_cluster, fact_from_record
 from hub.consent.models import ConsentRecord
 from hub.consent.policy import ConsentFact, ConsentLedger
 from hub.profiles.models import Profile
@@ -113,16 +113,7 @@ def load_people_consent(session: Session, profile_ids: Iterable[str]) -> dict[st
             .order_by(ConsentRecord.id)
         )
         for row in rows:
-            facts.setdefault(row.profile_id, []).append(
-                ConsentFact(
-                    id=row.id,
-                    purpose=row.purpose,
-                    status=row.status,
-                    collected_at=row.collected_at,
-                    expires_at=row.expires_at,
-                    source=row.source,
-                )
-            )
+            facts.setdefault(row.profile_id, []).append(fact_from_record(row))
 
     people: dict[str, PersonConsent] = {}
     for root in roots:

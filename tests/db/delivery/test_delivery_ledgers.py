@@ -66,8 +66,8 @@ def person_without_region(session: Session) -> list[str]:
 
 
 def merged_cluster(session: Session) -> list[str]:
-    """Root and two members (created in another order than their ids) with conflicting decisions: the fold
-    (combine_on_merge, root first then oldest member first) adds merge denials, so order matters."""
+    """Root and two members (created in another order than their ids) with conflicting decisions spread over the
+    members: the batch read must gather every member's records, as the per-event read does."""
     root = add_profile(session, "US-TX", age_days=40)
     newer = add_profile(session, "DE", merged_into=root, age_days=5)
     older = add_profile(session, None, merged_into=root, age_days=20)
@@ -80,9 +80,8 @@ def merged_cluster(session: Session) -> list[str]:
     return [root, newer, older]
 
 
-def fold_order_matters(session: Session) -> list[str]:
-    """Root first, then the oldest member: the older member's later grant meets the root's denial first, so the
-    re-asserted denial is the root's (folding the newer member first would re-assert the newer member's)."""
+def interleaved_members(session: Session) -> list[str]:
+    """Three members whose decisions interleave in time, asked about through the newest member's id."""
     root = add_profile(session, "US-CA", age_days=60)
     older = add_profile(session, "US-CA", merged_into=root, age_days=30)
     newer = add_profile(session, "US-CA", merged_into=root, age_days=10)
@@ -115,7 +114,7 @@ CASES: dict[str, Callable[[Session], list[str]]] = {
     "no records": person_without_records,
     "no region": person_without_region,
     "merged cluster": merged_cluster,
-    "fold order matters": fold_order_matters,
+    "interleaved members": interleaved_members,
     "member without records": member_without_records,
     "unflattened chain": unflattened_chain,
 }
