@@ -19,6 +19,7 @@ class DatabaseCollector(Collector):
         self._engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from hub.delivery.models import Destination
         from hub.events.models import Event
 
         up = GaugeMetricFamily("hub_database_up", "1 when the database answered this scrape")
@@ -26,6 +27,9 @@ class DatabaseCollector(Collector):
         depth = GaugeMetricFamily("hub_queue_depth", "Events waiting to be decided or delivered")
         oldest = GaugeMetricFamily(
             "hub_oldest_due_event_age_seconds", "Age of the oldest event that is due and not yet delivered"
+        )
+        paused = GaugeMetricFamily(
+            "hub_destinations_paused", "Destinations paused (for example after Meta refused the access token)"
         )
         now = utcnow()
         try:
@@ -37,6 +41,9 @@ class DatabaseCollector(Collector):
                         (Event.next_attempt_at.is_(None)) | (Event.next_attempt_at <= now),
                     )
                 ).scalar()
+                paused_count = conn.execute(
+                    select(func.count()).select_from(Destination).where(Destination.status == "paused")
+                ).scalar()
         except SQLAlchemyError:
             up.add_metric([], 0)
             yield up
@@ -46,7 +53,8 @@ class DatabaseCollector(Collector):
             by_status.add_metric([status], counts.get(status, 0))
         depth.add_metric([], counts.get("pending", 0) + counts.get("retrying", 0))
         oldest.add_metric([], max(0.0, (now - first_due).total_seconds()) if first_due else 0.0)
-        yield from (up, by_status, depth, oldest)
+        paused.add_metric([], paused_count or 0)
+        yield from (up, by_status, depth, oldest, paused)
 
 
 class Metrics:

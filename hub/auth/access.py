@@ -55,4 +55,13 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def _inject_user() -> dict[str, Any]:
-        return {"current_user": g.get("user"), "has_role": has_role}
+        return {"current_user": g.get("user"), "has_role": has_role, "paused_destinations": _paused_for_banner}
+
+
+def _paused_for_banner() -> list[Any]:
+    """Paused destinations, for the banner every signed-in page shows (a token Meta refused stops delivery)."""
+    if g.get("user") is None:
+        return []
+    from hub.delivery.destinations import paused_destinations
+
+    return paused_destinations(get_session())

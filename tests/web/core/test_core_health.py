@@ -49,6 +49,7 @@ def test_metrics_exposes_queue_gauges(client: FlaskClient) -> None:
     assert 'hub_events{status="pending"} 0.0' in body
     assert "hub_queue_depth 0.0" in body
     assert "hub_oldest_due_event_age_seconds" in body
+    assert "hub_destinations_paused 0.0" in body
 
 
 def test_unknown_api_path_is_json(client: FlaskClient) -> None:
@@ -95,3 +96,25 @@ def test_forwarded_for_is_ignored_without_trusted_proxies(app, client) -> None:
 
     seen = client.get("/_test/remote", headers={"X-Forwarded-For": "198.51.100.7"})
     assert seen.get_data(as_text=True) == "127.0.0.1"
+
+
+def test_metrics_count_paused_destinations(fresh_database: TestDatabase, settings, encryption_key) -> None:
+    from sqlalchemy.orm import Session
+
+    from hub.app import create_app
+    from hub.db import utcnow
+    from hub.delivery.models import Destination
+    from tests.conftest import make_settings
+
+    with Session(fresh_database.engine) as session:
+        session.add(
+            Destination(name="shop", pixel_id="1", status="paused", paused_reason="code 190", paused_at=utcnow())
+        )
+        session.add(Destination(name="eu", pixel_id="2"))
+        session.commit()
+    app = create_app(make_settings(settings.data_dir, fresh_database.url, encryption_key))
+    try:
+        body = app.test_client().get("/metrics").get_data(as_text=True)
+    finally:
+        app.extensions["hub.engine"].dispose()
+    assert "hub_destinations_paused 1.0" in body

@@ -61,3 +61,27 @@ def test_logout_needs_csrf_token(app: Flask, client: FlaskClient) -> None:
     client.get(f"/login/link/{token}")
     assert client.post("/logout").status_code == 400
     assert client.get("/").status_code == 200
+
+
+def test_signed_in_pages_warn_about_paused_destinations(app: Flask, client: FlaskClient, db_session) -> None:
+    from hub.db import utcnow
+    from hub.delivery.models import Destination
+
+    with app.app_context():
+        token = login_links().issue()
+    client.get(f"/login/link/{token}")
+    assert b"is paused" not in client.get("/").data
+    db_session.add(
+        Destination(
+            name="shop",
+            pixel_id="123456789",
+            status="paused",
+            paused_reason="Meta refused the access token (code 190)",
+            paused_at=utcnow(),
+        )
+    )
+    db_session.flush()
+    page = client.get("/").get_data(as_text=True)
+    assert "Delivery to <strong>shop</strong>" in page
+    assert "code 190" in page
+    assert "hub destination set-token shop" in page
