@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hub.audit.models import AuditEntry
+from hub.audit.services import record_audit
 from hub.cmp.models import CmpSource
 from hub.configuration.document import (
     DOCUMENT_VERSION,
@@ -191,17 +191,7 @@ class _Errors(dict):
 
 
 def _audit(session: Session, actor: str, action: str, kind: str, key: str, before: Any, after: Any) -> None:
-    session.add(
-        AuditEntry(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            object_type=kind,
-            object_id=key,
-            before=dict(before) if before is not None else None,
-            after=dict(after) if after is not None else None,
-        )
-    )
+    record_audit(session, actor=actor, action=action, object_type=kind, object_id=key, before=before, after=after)
 
 
 def _check_destination(item: Mapping[str, Any]) -> dict[str, str]:

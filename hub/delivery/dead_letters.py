@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.audit.models import AuditEntry
+from hub.audit.services import record_audit
 from hub.config import Settings
 from hub.delivery.models import DeliveryAttempt
 from hub.encryption import DecryptionError, FieldEncryptor
@@ -139,15 +139,8 @@ def dead_letter_document(session: Session, encryptor: FieldEncryptor, event: Eve
 
 
 def _audit(session: Session, actor: str, action: str, event: Event, before: Any, after: Any) -> None:
-    session.add(
-        AuditEntry(
-            actor=actor,
-            action=action,
-            object_type="event",
-            object_id=event.event_id,
-            before=before,
-            after=after,
-        )
+    record_audit(
+        session, actor=actor, action=action, object_type="event", object_id=event.event_id, before=before, after=after
     )
 
 

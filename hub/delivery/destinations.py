@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from hub.audit.models import AuditEntry
+from hub.audit.services import record_audit
 from hub.config import Settings
 from hub.db import utcnow
 from hub.delivery.models import DEFAULT_API_VERSION, Destination
@@ -84,16 +84,14 @@ def _audit_view(destination: Destination) -> dict[str, Any]:
 
 
 def _audit(session: Session, actor: str, action: str, destination_id: int, before: Any, after: Any) -> None:
-    session.add(
-        AuditEntry(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            object_type="destination",
-            object_id=str(destination_id),
-            before=before,
-            after=after,
-        )
+    record_audit(
+        session,
+        actor=actor,
+        action=action,
+        object_type="destination",
+        object_id=destination_id,
+        before=before,
+        after=after,
     )
 
 

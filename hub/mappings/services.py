@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hub.audit.models import AuditEntry
+from hub.audit.services import record_audit
 from hub.db import utcnow
 from hub.delivery.models import Destination
 from hub.events.models import Event
@@ -111,16 +111,14 @@ def check_mapping(
 
 
 def _audit(session: Session, actor: str, action: str, mapping_id: int, before: Any, after: Any) -> None:
-    session.add(
-        AuditEntry(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            object_type="event_mapping",
-            object_id=str(mapping_id),
-            before=before,
-            after=after,
-        )
+    record_audit(
+        session,
+        actor=actor,
+        action=action,
+        object_type="event_mapping",
+        object_id=mapping_id,
+        before=before,
+        after=after,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.audit.models import AuditEntry
+from hub.audit.services import record_audit
 from hub.config import Settings
 from hub.consent.ledger import load_ledger
 from hub.consent.models import Purpose
@@ -156,16 +156,8 @@ def check_rule(
 
 
 def _audit(session: Session, actor: str, action: str, rule_id: int, before: Any, after: Any) -> None:
-    session.add(
-        AuditEntry(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            object_type="region_rule",
-            object_id=str(rule_id),
-            before=before,
-            after=after,
-        )
+    record_audit(
+        session, actor=actor, action=action, object_type="region_rule", object_id=rule_id, before=before, after=after
     )
 
 
