@@ -6,6 +6,7 @@ the single commit point.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,29 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+# PostgreSQL SQLSTATEs that only say "another transaction was in the way": deadlock_detected (this transaction
+# was chosen as the victim), serialization_failure, lock_not_available (lock_timeout or NOWAIT).
+LOCK_CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# SQLite's SQLITE_BUSY / SQLITE_LOCKED as pysqlite reports them once busy_timeout has run out.
+_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked")
+
+
+def is_lock_conflict(error: BaseException) -> bool:
+    """Whether a database error means "a concurrent transaction held what this one needed": a deadlock victim, a
+    serialization failure, a lock timeout, SQLite's busy database. Running the same unit of work again succeeds;
+    it is never the caller's fault (the web layer answers 503 ``busy_retry``, ingestion retries the batch).
+
+    Only the driver error's SQLSTATE or SQLite message is read.
+    """
+    original = getattr(error, "orig", None) or error
+    if getattr(original, "sqlstate", None) in LOCK_CONFLICT_SQLSTATES:
+        return True
+    if isinstance(original, sqlite3.OperationalError):
+        message = str(original).lower()
+        return any(text in message for text in _SQLITE_BUSY_MESSAGES)
+    return False
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -55,7 +55,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
-from hub.db import UTCDateTime
+from hub.db import UTCDateTime, is_lock_conflict
 from hub.encryption import FieldEncryptor
 from hub.events.models import Event
 from hub.events.schemas import ParsedEvent, parse_event
@@ -67,7 +67,6 @@ from hub.profiles.services import (
     Resolution,
     complete_many,
     insert_ignoring_conflicts,
-    is_lock_conflict,
     plan_many,
     prepare_identity,
     refresh_last_seen,

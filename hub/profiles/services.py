@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -86,30 +85,6 @@ LAST_SEEN_RESOLUTION = timedelta(hours=1)
 # Attempts of one resolution when concurrent writers keep winning the unique-constraint race.
 MAX_ATTEMPTS = 4
 PENDING_EVENT_STATUSES = ("pending", "retrying")
-
-
-# PostgreSQL SQLSTATEs that only say "another transaction was in the way": deadlock_detected (this transaction
-# was chosen as the victim), serialization_failure, lock_not_available (lock_timeout or NOWAIT).
-LOCK_CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
-# SQLite's SQLITE_BUSY / SQLITE_LOCKED as pysqlite reports them once busy_timeout has run out.
-_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked")
-
-
-def is_lock_conflict(error: BaseException) -> bool:
-    """Whether a database error means "a concurrent transaction held what this one needed": a deadlock victim, a
-    serialization failure, a lock timeout, SQLite's busy database. Running the same unit of work again succeeds;
-    it is never the caller's fault (the web layer answers 503 ``busy_retry``, ingestion retries the batch).
-
-    Identity resolution is where hub's transactions meet (the identities unique index, profiles locked for a
-    merge), hence this lives here; it only reads the driver error's SQLSTATE or SQLite message.
-    """
-    original = getattr(error, "orig", None) or error
-    if getattr(original, "sqlstate", None) in LOCK_CONFLICT_SQLSTATES:
-        return True
-    if isinstance(original, sqlite3.OperationalError):
-        message = str(original).lower()
-        return any(text in message for text in _SQLITE_BUSY_MESSAGES)
-    return False
 
 
 class ProfileNotFound(LookupError):

@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, g, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from hub.profiles.services import is_lock_conflict
+from hub.db import is_lock_conflict
 from hub.web.errors import busy_retry_response
 
 log = logging.getLogger(__name__)

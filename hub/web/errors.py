@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from hub.profiles.services import is_lock_conflict
+from hub.db import is_lock_conflict
 
 # Seconds a client waits before resending after a lock conflict: by then the transaction in the way has ended.
 BUSY_RETRY_AFTER_SECONDS = 1

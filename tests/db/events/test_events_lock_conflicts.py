@@ -15,13 +15,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
-from hub.db import make_sessionmaker
+from hub.db import is_lock_conflict, make_sessionmaker
 from hub.encryption import FieldEncryptor
 from hub.events import services
 from hub.events.models import Event
 from hub.events.services import ingest_events
 from hub.profiles.models import Identity, Profile
-from hub.profiles.services import is_lock_conflict
 from tests.support.databases import TestDatabase
 
 ENCRYPTOR = FieldEncryptor([Fernet.generate_key().decode()])
