@@ -29,6 +29,7 @@ from hub.config import Settings
 from hub.db import utcnow
 from hub.delivery.models import DEFAULT_API_VERSION, Destination
 from hub.encryption import FieldEncryptor
+from hub.errors import InvalidFields
 
 DESTINATION_FIELDS: tuple[str, ...] = (
     "name",
@@ -44,12 +45,8 @@ _API_VERSION = re.compile(r"v\d{1,3}\.0").fullmatch
 _PIXEL_ID = re.compile(r"\d{1,32}").fullmatch
 
 
-class DestinationInvalid(ValueError):
+class DestinationInvalid(InvalidFields):
     """The destination cannot be saved; ``errors`` maps field names to sentences."""
-
-    def __init__(self, errors: Mapping[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = dict(errors)
 
 
 class DestinationNotFound(LookupError):

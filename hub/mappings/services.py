@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from hub.audit.services import record_audit
 from hub.db import utcnow
 from hub.delivery.models import Destination
+from hub.errors import InvalidFields
 from hub.events.models import Event
 from hub.mappings.apply import MappingDefinition
 from hub.mappings.models import EventMapping, EventMappingVersion
@@ -34,12 +35,8 @@ MAPPING_FIELDS: tuple[str, ...] = (
 _DEFINITION_FIELDS = ("source_event", "event_name", "action_source", "custom_data", "enabled", "destination_id")
 
 
-class MappingInvalid(ValueError):
+class MappingInvalid(InvalidFields):
     """The mapping cannot be saved; `errors` maps field paths to sentences."""
-
-    def __init__(self, errors: Mapping[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = dict(errors)
 
 
 class MappingNotFound(LookupError):

@@ -24,6 +24,7 @@ from hub.consent.models import Purpose
 from hub.consent.policy import OPT_OUT_PURPOSES, PURPOSES, ConsentLedger
 from hub.db import utcnow
 from hub.delivery.models import Destination
+from hub.errors import InvalidFields
 from hub.events.models import Event
 from hub.mappings.apply import MappingDefinition
 from hub.mappings.models import EventMapping
@@ -56,12 +57,8 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-class RuleInvalid(ValueError):
+class RuleInvalid(InvalidFields):
     """The rule cannot be saved; `errors` maps field names to sentences."""
-
-    def __init__(self, errors: Mapping[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = dict(errors)
 
 
 class RuleNotFound(LookupError):
