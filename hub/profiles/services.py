@@ -33,7 +33,6 @@ from sqlalchemy import (
     String,
     Text,
     and_,
-    any_,
     bindparam,
     delete,
     func,
@@ -42,6 +41,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -768,24 +768,21 @@ def _hash_param(kind: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _lookup_statement(kinds: tuple[str, ...], dialect: str) -> Any:
-    """The lookup for identifiers of these kinds, built once per combination of kinds: the hashes are bind
+def _lookup_statement(kinds: tuple[str, ...]) -> Any:
+    """SQLite's lookup for identifiers of these kinds, built once per combination of kinds: the hashes are bind
     parameters, so SQLAlchemy's compiled-statement cache serves every later call (building the expression anew for
-    each event cost more than the query itself). Each kind's term probes the (kind, value_hash) unique index; the
-    canonical profile comes from a join on the holder's ``merged_into_id`` (one query, not two).
-
-    PostgreSQL gets ``value_hash = ANY(array)``: the query text stays the same for any number of hashes, so the
-    driver's parse cache and the server's prepared statement serve it (an expanded IN list is a new text each
-    time); SQLite gets an expanded IN list, which it answers with index probes."""
+    each event cost more than the query itself). Each kind's term is an expanded IN list, which SQLite answers with
+    probes of the (kind, value_hash) unique index; the canonical profile comes from a join on the holder's
+    ``merged_into_id`` (one query, not two)."""
     root = aliased(Profile, name="root")
 
-    def hashes_match(hash_column: Any, kind: str) -> ColumnElement[bool]:
-        if dialect == "postgresql":
-            return hash_column == any_(bindparam(_hash_param(kind), type_=postgresql.ARRAY(String)))
-        return hash_column.in_(bindparam(_hash_param(kind), expanding=True))
-
     def where(kind_column: Any, hash_column: Any) -> ColumnElement[bool]:
-        return or_(*(and_(kind_column == kind, hashes_match(hash_column, kind)) for kind in kinds))
+        return or_(
+            *(
+                and_(kind_column == kind, hash_column.in_(bindparam(_hash_param(kind), expanding=True)))
+                for kind in kinds
+            )
+        )
 
     identities = (
         select(
@@ -819,19 +816,90 @@ def _lookup_statement(kinds: tuple[str, ...], dialect: str) -> Any:
     return union_all(identities, suppressed)
 
 
+@functools.cache
+def _postgresql_lookup_statement() -> Any:
+    """PostgreSQL's lookup: the (kind, hash) pairs as two arrays, each pair probed on its own in a LATERAL
+    subquery. One query text for any batch, so the driver's parse cache and the server's prepared statement serve
+    it; and one index probe per pair whatever the planner believes about the tables' sizes. A join or an
+    ``= ANY(array)`` filter leaves the access path to the planner, which on a young or never-analyzed database
+    picked sequential scans and kept them in the connection's cached generic plan as the tables grew (a batch's
+    lookup then cost tens of milliseconds of server CPU). ``LIMIT 1`` states what the unique constraint already
+    guarantees, and keeps PostgreSQL from flattening the subquery into a join it could plan as a hash join."""
+    wanted = (
+        func.unnest(
+            bindparam("kinds", type_=postgresql.ARRAY(String)), bindparam("hashes", type_=postgresql.ARRAY(String))
+        )
+        .table_valued("kind", "value_hash")
+        .render_derived(name="wanted")
+    )
+    root = aliased(Profile, name="root")
+    held = (
+        select(
+            Identity.id,
+            Identity.last_seen_at,
+            root.id.label("profile_id"),
+            root.merged_into_id,
+            root.erased_at,
+            root.region,
+            root.traits_encrypted,
+        )
+        .join(Profile, Profile.id == Identity.profile_id)
+        .join(root, root.id == func.coalesce(Profile.merged_into_id, Profile.id))
+        .where(Identity.kind == wanted.c.kind, Identity.value_hash == wanted.c.value_hash)
+        .limit(1)
+        .lateral("held")
+    )
+    blocked = (
+        select(SuppressedIdentifier.id)
+        .where(SuppressedIdentifier.kind == wanted.c.kind, SuppressedIdentifier.value_hash == wanted.c.value_hash)
+        .limit(1)
+        .lateral("blocked")
+    )
+    identities = select(
+        literal("i").label("source"),
+        wanted.c.kind,
+        wanted.c.value_hash,
+        held.c.id,
+        held.c.last_seen_at,
+        held.c.profile_id,
+        held.c.merged_into_id,
+        held.c.erased_at,
+        held.c.region,
+        held.c.traits_encrypted,
+    ).select_from(wanted.join(held, true()))
+    suppressed = select(
+        literal("s").label("source"),
+        wanted.c.kind,
+        wanted.c.value_hash,
+        blocked.c.id,
+        null().label("last_seen_at"),
+        null().label("profile_id"),
+        null().label("merged_into_id"),
+        null().label("erased_at"),
+        null().label("region"),
+        null().label("traits_encrypted"),
+    ).select_from(wanted.join(blocked, true()))
+    return union_all(identities, suppressed)
+
+
 def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _Snapshot:
     """The identities held for these (kind, hash) pairs and which pairs are suppressed: one round trip per
     ``LOOKUP_CHUNK`` pairs."""
     keys = sorted({(c.kind, c.value_hash) for c in candidates})
-    dialect = session.get_bind().dialect.name
+    postgresql_dialect = session.get_bind().dialect.name == "postgresql"
     held: dict[tuple[str, str], _Held] = {}
     blocked: set[tuple[str, str]] = set()
     for start in range(0, len(keys), LOOKUP_CHUNK):
-        by_kind: dict[str, list[str]] = {}
-        for kind, value_hash in keys[start : start + LOOKUP_CHUNK]:
-            by_kind.setdefault(kind, []).append(value_hash)
-        statement = _lookup_statement(tuple(sorted(by_kind)), dialect)
-        params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        if postgresql_dialect:
+            statement = _postgresql_lookup_statement()
+            params: dict[str, list[str]] = {"kinds": [k for k, _h in chunk], "hashes": [h for _k, h in chunk]}
+        else:
+            by_kind: dict[str, list[str]] = {}
+            for kind, value_hash in chunk:
+                by_kind.setdefault(kind, []).append(value_hash)
+            statement = _lookup_statement(tuple(sorted(by_kind)))
+            params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
         for row in session.execute(statement, params):
             if row.source == "s":
                 blocked.add((row.kind, row.value_hash))
