@@ -86,3 +86,41 @@ def test_grace_period_and_request_facts(db_session: Session, settings: Settings)
 def test_more_than_1000_is_refused(db_session: Session, settings: Settings) -> None:
     with pytest.raises(ValueError, match="1000"):
         ingest(db_session, settings, [ev(str(i)) for i in range(1001)])
+
+
+@pytest.mark.parametrize("user", [None, {"email": "new@shop.example"}], ids=["no-resolution-writes", "new-person"])
+def test_stored_row_keeps_every_value_as_sent(db_session: Session, settings: Settings, user: Any) -> None:
+    properties = {
+        "name": "Crème brûlée 🍮",
+        "quote": 'say "hi" \\ {braces}, [brackets]',
+        "total": 12.5,
+        "big": 12345678901234567890,
+        "flags": [True, False, None],
+        "nested": {"ünïcode": "ßø", "empty": {}},
+    }
+    fields: dict[str, Any] = {
+        "event": "Bestellung abgeschlossen ✓",
+        "occurred_at": "2026-11-28T12:59:58.123456+01:00",
+        "action_source": "website",
+        "source_url": 'https://shop.example/ç/p?q=a%20b&x="1"',
+        "properties": properties,
+        "context": {"region": "DE", "gpc": False},
+    }
+    if user is not None:
+        fields["user"] = user
+    ingest(db_session, settings, [ev("round-trip", **fields), ev("round-trip-2", properties=None)])
+    db_session.expire_all()
+    event = db_session.scalar(select(Event).where(Event.event_id == "round-trip"))
+    assert event.source_event == "Bestellung abgeschlossen ✓"
+    assert event.occurred_at == datetime(2026, 11, 28, 11, 59, 58, 123456, tzinfo=UTC)
+    assert event.action_source == "website"
+    assert event.source_url == 'https://shop.example/ç/p?q=a%20b&x="1"'
+    assert event.properties == properties
+    assert event.region == "DE"
+    assert event.gpc is False
+    assert event.suppressed is False
+    assert (event.profile_id is not None) == (user is not None)
+    other = db_session.scalar(select(Event).where(Event.event_id == "round-trip-2"))
+    assert other.properties is None
+    assert other.gpc is None
+    assert other.user_data_encrypted is None
