@@ -38,7 +38,6 @@ Decisions:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import time
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, String, Text, bindparam, cast, column, func, insert, select, true
+from sqlalchemy import Boolean, String, Text, bindparam, insert, select, true
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -67,6 +66,8 @@ from hub.profiles.services import (
     Resolution,
     complete_many,
     insert_ignoring_conflicts,
+    json_document,
+    json_recordset,
     plan_many,
     prepare_identity,
     refresh_last_seen,
@@ -152,14 +153,13 @@ def validate_event(
 
 @functools.cache
 def _postgresql_existing_statement() -> Any:
-    """The stored copies of an array of event_ids, each probed on its own in a LATERAL subquery: one query text
+    """The stored copies of a list of event_ids, each probed on its own in a LATERAL subquery: one query text
     for any batch, and one probe of the event_id unique index per id whatever the planner believes about the
     table's size. An ``IN`` list leaves the access path to the planner, which on a young or never-analyzed
     database chose a sequential scan and kept it in the connection's cached generic plan while the table grew
     (tens of milliseconds of server CPU per batch). ``LIMIT 1`` states what the unique constraint guarantees and
     keeps the subquery from being flattened into a join that could be planned as a hash join over the table."""
-    wanted = func.unnest(bindparam("event_ids", type_=postgresql.ARRAY(String))).table_valued("event_id")
-    wanted = wanted.render_derived(name="wanted")
+    wanted = json_recordset("wanted", (("event_id", String()),), parameter="event_ids")
     stored = (
         select(Event.event_id, Event.profile_id).where(Event.event_id == wanted.c.event_id).limit(1).lateral("stored")
     )
@@ -173,7 +173,8 @@ def _existing(session: Session, event_ids: Sequence[str]) -> dict[str, str | Non
     for start in range(0, len(event_ids), 500):
         chunk = list(event_ids[start : start + 500])
         if postgresql_dialect:
-            rows = session.execute(_postgresql_existing_statement(), {"event_ids": chunk})
+            document = json_document([{"event_id": event_id} for event_id in chunk])
+            rows = session.execute(_postgresql_existing_statement(), {"event_ids": document})
         else:
             rows = session.execute(select(Event.event_id, Event.profile_id).where(Event.event_id.in_(chunk)))
         for row in rows:
@@ -280,15 +281,9 @@ _BATCH_COLUMNS = ("received_at", "status", "attempts", "next_attempt_at", "unkno
 
 @functools.cache
 def _postgresql_events_insert(ignore_conflicts: bool) -> Any:
-    """``INSERT INTO events ... SELECT ... FROM json_to_recordset(rows)``: the batch's rows travel as one JSON
-    document, so the statement text is the same for any batch size (the driver and the server cache its parse),
-    and the rows are serialized by the json module's C encoder. Passing one array per column cost the driver a
-    Python-level conversion of every element (more client CPU than the rest of an event's storage)."""
-    rows = (
-        func.json_to_recordset(cast(bindparam("rows", type_=Text()), postgresql.JSON))
-        .table_valued(*(column(name, kind) for name, kind in _ROW_COLUMNS))
-        .render_derived(name="new_events", with_types=True)
-    )
+    """``INSERT INTO events ... SELECT ... FROM json_to_recordset(rows)``: one short statement for any batch size,
+    rows in input order (see ``json_recordset``)."""
+    rows = json_recordset("new_events", _ROW_COLUMNS)
     values = [rows.c[name] for name, _kind in _ROW_COLUMNS]
     values += [bindparam(name, type_=Event.__table__.c[name].type) for name in _BATCH_COLUMNS]
     columns = [name for name, _kind in _ROW_COLUMNS] + list(_BATCH_COLUMNS)
@@ -296,14 +291,6 @@ def _postgresql_events_insert(ignore_conflicts: bool) -> Any:
     if ignore_conflicts:
         return statement.on_conflict_do_nothing(index_elements=["event_id"]).returning(Event.event_id)
     return statement
-
-
-def _json_value(value: Any) -> Any:
-    # occurred_at is the only non-JSON value of an event row: an aware UTC datetime, which PostgreSQL reads back
-    # exactly from ISO 8601 into the timestamptz column.
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _insert_events(session: Session, rows: Sequence[dict[str, Any]], *, ignore_conflicts: bool) -> set[str]:
@@ -314,14 +301,7 @@ def _insert_events(session: Session, rows: Sequence[dict[str, Any]], *, ignore_c
     if session.get_bind().dialect.name == "postgresql" and all(
         row[name] == rows[0][name] for row in rows for name in _BATCH_COLUMNS
     ):
-        document = json.dumps(
-            [{name: row[name] for name, _kind in _ROW_COLUMNS} for row in rows],
-            separators=(",", ":"),
-            # UTF-8 as sent, like any other text parameter: \u escapes would only be read back where the server's
-            # encoding is UTF-8.
-            ensure_ascii=False,
-            default=_json_value,
-        )
+        document = json_document([{name: row[name] for name, _kind in _ROW_COLUMNS} for row in rows])
         params: dict[str, Any] = {"rows": document, **{name: rows[0][name] for name in _BATCH_COLUMNS}}
         result = session.execute(_postgresql_events_insert(ignore_conflicts), params)
         return set(result.scalars()) if ignore_conflicts else {row["event_id"] for row in rows}

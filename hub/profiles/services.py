@@ -22,6 +22,7 @@ Decisions (documented here because event ingestion and consent webhooks rely on 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,8 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    cast,
+    column,
     delete,
     func,
     insert,
@@ -584,19 +587,37 @@ def insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequ
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
 
 
+def json_recordset(name: str, columns: Sequence[tuple[str, Any]], parameter: str = "rows") -> Any:
+    """PostgreSQL's ``json_to_recordset(:parameter) AS name(column type, ...)``: a batch's rows as one JSON
+    document (see ``json_document``), read back in the document's order. The statement text is the same for any
+    number of rows, so the driver's parse cache and the server's prepared statement serve it; and the rows are
+    serialized by the json module's C encoder, where one array per column made the driver convert every element
+    in Python (more client CPU than the rest of the batch's storage)."""
+    return (
+        func.json_to_recordset(cast(bindparam(parameter, type_=Text()), postgresql.JSON))
+        .table_valued(*(column(column_name, kind) for column_name, kind in columns))
+        .render_derived(name=name, with_types=True)
+    )
+
+
+def _json_default(value: Any) -> Any:
+    # Aware datetimes are the only non-JSON values hub stores this way; PostgreSQL reads ISO 8601 back exactly.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The parameter of a ``json_recordset``: UTF-8 text as sent (``\\u`` escapes would only read back where the
+    server's encoding is UTF-8), datetimes as ISO 8601."""
+    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
 @functools.cache
 def _postgresql_profiles_insert() -> Any:
-    """``INSERT INTO profiles ... SELECT * FROM unnest(arrays)``: one statement for the batch's new people (an
-    executemany would send one INSERT per row)."""
-    rows = (
-        func.unnest(
-            bindparam("ids", type_=postgresql.ARRAY(String)),
-            bindparam("traits", type_=postgresql.ARRAY(Text)),
-            bindparam("regions", type_=postgresql.ARRAY(String)),
-        )
-        .table_valued("id", "traits_encrypted", "region")
-        .render_derived(name="new_profiles")
-    )
+    """``INSERT INTO profiles ... SELECT * FROM json_to_recordset(rows)``: one statement for the batch's new people
+    (an executemany would send one INSERT per row)."""
+    rows = json_recordset("new_profiles", (("id", String()), ("traits_encrypted", Text()), ("region", String())))
     now = bindparam("now", type_=UTCDateTime())
     source = select(rows.c.id, rows.c.traits_encrypted, rows.c.region, now, now)
     return insert(Profile.__table__).from_select(
@@ -606,19 +627,14 @@ def _postgresql_profiles_insert() -> Any:
 
 @functools.cache
 def _postgresql_identities_insert() -> Any:
-    """``INSERT INTO identities ... SELECT * FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING kind, value_hash``:
-    one short statement whatever the row count. A multi-row VALUES list of thousands of parameters made the
-    driver re-parse a new query text for every batch (psycopg only caches short queries), which cost more than
-    PostgreSQL took to insert the rows. unnest keeps the arrays' order, so rows are still inserted sorted."""
-    rows = (
-        func.unnest(
-            bindparam("profile_ids", type_=postgresql.ARRAY(String)),
-            bindparam("kinds", type_=postgresql.ARRAY(String)),
-            bindparam("hashes", type_=postgresql.ARRAY(String)),
-            bindparam("values", type_=postgresql.ARRAY(Text)),
-        )
-        .table_valued("profile_id", "kind", "value_hash", "value_encrypted")
-        .render_derived(name="new_identities")
+    """``INSERT INTO identities ... SELECT * FROM json_to_recordset(rows) ON CONFLICT DO NOTHING RETURNING kind,
+    value_hash``: one short statement whatever the row count. A multi-row VALUES list of thousands of parameters
+    made the driver re-parse a new query text for every batch (psycopg only caches short queries), which cost more
+    than PostgreSQL took to insert the rows. json_to_recordset keeps the document's order, so rows are still
+    inserted sorted."""
+    rows = json_recordset(
+        "new_identities",
+        (("profile_id", String()), ("kind", String()), ("value_hash", String()), ("value_encrypted", Text())),
     )
     now = bindparam("now", type_=UTCDateTime())
     source = select(rows.c.profile_id, rows.c.kind, rows.c.value_hash, rows.c.value_encrypted, now, now)
@@ -693,24 +709,16 @@ def _create_new_people(
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
     if session.get_bind().dialect.name == "postgresql":
-        profile_params = {
-            "ids": [row["id"] for row in profiles],
-            "traits": [row["traits_encrypted"] for row in profiles],
-            "regions": [row["region"] for row in profiles],
-            "now": now,
-        }
-        session.execute(_postgresql_profiles_insert(), profile_params)
+        document = json_document([{key: row[key] for key in ("id", "traits_encrypted", "region")} for row in profiles])
+        session.execute(_postgresql_profiles_insert(), {"rows": document, "now": now})
     else:
         session.execute(insert(Profile.__table__), profiles)
     inserted: set[tuple[str, str]] = set()
     if identities and session.get_bind().dialect.name == "postgresql":
-        params = {
-            "profile_ids": [row["profile_id"] for row in identities],
-            "kinds": [row["kind"] for row in identities],
-            "hashes": [row["value_hash"] for row in identities],
-            "values": [row["value_encrypted"] for row in identities],
-            "now": now,
-        }
+        document = json_document(
+            [{key: row[key] for key in ("profile_id", "kind", "value_hash", "value_encrypted")} for row in identities]
+        )
+        params = {"rows": document, "now": now}
         inserted = {(row.kind, row.value_hash) for row in session.execute(_postgresql_identities_insert(), params)}
     elif identities:
         statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
@@ -818,20 +826,14 @@ def _lookup_statement(kinds: tuple[str, ...]) -> Any:
 
 @functools.cache
 def _postgresql_lookup_statement() -> Any:
-    """PostgreSQL's lookup: the (kind, hash) pairs as two arrays, each pair probed on its own in a LATERAL
+    """PostgreSQL's lookup: the (kind, hash) pairs as one JSON document, each pair probed on its own in a LATERAL
     subquery. One query text for any batch, so the driver's parse cache and the server's prepared statement serve
     it; and one index probe per pair whatever the planner believes about the tables' sizes. A join or an
     ``= ANY(array)`` filter leaves the access path to the planner, which on a young or never-analyzed database
     picked sequential scans and kept them in the connection's cached generic plan as the tables grew (a batch's
     lookup then cost tens of milliseconds of server CPU). ``LIMIT 1`` states what the unique constraint already
     guarantees, and keeps PostgreSQL from flattening the subquery into a join it could plan as a hash join."""
-    wanted = (
-        func.unnest(
-            bindparam("kinds", type_=postgresql.ARRAY(String)), bindparam("hashes", type_=postgresql.ARRAY(String))
-        )
-        .table_valued("kind", "value_hash")
-        .render_derived(name="wanted")
-    )
+    wanted = json_recordset("wanted", (("kind", String()), ("value_hash", String())), parameter="keys")
     root = aliased(Profile, name="root")
     held = (
         select(
@@ -893,7 +895,7 @@ def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _S
         chunk = keys[start : start + LOOKUP_CHUNK]
         if postgresql_dialect:
             statement = _postgresql_lookup_statement()
-            params: dict[str, list[str]] = {"kinds": [k for k, _h in chunk], "hashes": [h for _k, h in chunk]}
+            params: dict[str, Any] = {"keys": json_document([{"kind": k, "value_hash": h} for k, h in chunk])}
         else:
             by_kind: dict[str, list[str]] = {}
             for kind, value_hash in chunk:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from hub.events.models import Event
 from hub.events.services import _postgresql_existing_statement
 from hub.profiles.models import Identity, Profile
-from hub.profiles.services import _postgresql_lookup_statement
+from hub.profiles.services import _postgresql_lookup_statement, json_document
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROWS = 3000
@@ -48,7 +48,8 @@ def test_stored_event_ids_are_probed_one_by_one(postgresql_session: Session, mod
             for n in range(ROWS)
         ],
     )
-    text = plan(session, _postgresql_existing_statement(), {"event_ids": [f"plan-{n}" for n in range(100)]}, mode)
+    values = {"event_ids": json_document([{"event_id": f"plan-{n}"} for n in range(100)])}
+    text = plan(session, _postgresql_existing_statement(), values, mode)
     assert "Seq Scan on events" not in text, text
     assert "uq_events_event_id" in text, text
 
@@ -73,7 +74,7 @@ def test_identifiers_are_probed_one_by_one(postgresql_session: Session, mode: st
         ],
     )
     pairs = [("email", f"{n:064x}") for n in range(0, ROWS, 30)] + [("fbp", f"{n:064x}") for n in range(100)]
-    values = {"kinds": [kind for kind, _ in pairs], "hashes": [value_hash for _, value_hash in pairs]}
+    values = {"keys": json_document([{"kind": kind, "value_hash": value_hash} for kind, value_hash in pairs])}
     text = plan(session, _postgresql_lookup_statement(), values, mode)
     for table in ("identities", "profiles", "suppressed_identifiers"):
         assert f"Seq Scan on {table}" not in text, text
