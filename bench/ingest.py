@@ -11,11 +11,15 @@ What it does, end to end:
    first batches of 100 events, then single events; every request's latency is recorded;
 4. prints events/s and requests/s, p50/p99 latency per phase, and the peak RSS (``VmHWM``) of each gunicorn
    worker, with the targets next to them, and the load average before and after (the machine may be shared:
-   compare runs only at similar load).
+   compare runs only at similar load);
+5. prints the CPU time each phase cost per event: gunicorn workers, the PostgreSQL backends serving the bench
+   database (when the server runs on this machine, read from ``/proc``) and the load generator. On a shared
+   machine these move much less than the wall-clock figures, so they are the ones to compare between runs.
 
 ``--in-process`` instead calls ``ingest_events`` directly (no HTTP, no gunicorn) on a throwaway PostgreSQL
-database and a SQLite file, and prints events/s and SQL statements per event (counted with a
-``before_cursor_execute`` listener) for batches of 100 and for single events: where ingestion's own cost is.
+database and a SQLite file, and prints events/s, SQL statements per event (counted with a
+``before_cursor_execute`` listener) and CPU time per event (this process, and the PostgreSQL backend) for
+batches of 100 and for single events: where ingestion's own cost is.
 
 Events are realistic for a shop: 60 % carry an email + external_id drawn from a pool of 5,000 people (so most
 resolve to an existing profile, some create one), 40 % are anonymous page views with only a ``_fbp`` cookie.
@@ -120,15 +124,58 @@ def load_worker(port: int, key: str, batch: int, seconds: float, seed: int, out:
         if response.getheader("Connection", "").lower() == "close":
             connection.close()
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    out.put({"latencies": latencies, "events": events, "accepted": accepted, "errors": errors})
+    out.put(
+        {
+            "latencies": latencies,
+            "events": events,
+            "accepted": accepted,
+            "errors": errors,
+            "cpu_seconds": time.process_time(),
+        }
+    )
 
 
-def run_phase(port: int, key: str, *, batch: int, clients: int, seconds: float) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``), None when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: Sequence[int]) -> dict[int, float]:
+    return {pid: cpu for pid in pids if (cpu := cpu_seconds(pid)) is not None}
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    # A process that started during the phase spent all of its CPU time in it.
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def backend_pids(admin: Any, database: str) -> list[int]:
+    """PostgreSQL backends connected to the bench database (their CPU is readable only on this machine)."""
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)).fetchall()
+    return [row[0] for row in rows]
+
+
+def run_phase(
+    port: int,
+    key: str,
+    *,
+    batch: int,
+    clients: int,
+    seconds: float,
+    server_pids: Any = list,
+    database_pids: Any = list,
+) -> dict[str, Any]:
     queue: mp.Queue = mp.Queue()
     workers = [
         mp.Process(target=load_worker, args=(port, key, batch, seconds, 1000 * batch + i, queue))
         for i in range(clients)
     ]
+    server_before, database_before = cpu_of(server_pids()), cpu_of(database_pids())
     start = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -136,6 +183,9 @@ def run_phase(port: int, key: str, *, batch: int, clients: int, seconds: float) 
     for worker in workers:
         worker.join()
     elapsed = time.perf_counter() - start
+    server_cpu = cpu_spent(server_before, cpu_of(server_pids()))
+    database_after = cpu_of(database_pids())
+    database_cpu = cpu_spent(database_before, database_after) if database_after else float("nan")
     latencies = sorted(x for p in parts for x in p["latencies"])
     requests = len(latencies)
 
@@ -154,6 +204,9 @@ def run_phase(port: int, key: str, *, batch: int, clients: int, seconds: float) 
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+        "server_cpu_s": server_cpu,
+        "database_cpu_s": database_cpu,
+        "client_cpu_s": sum(p["cpu_seconds"] for p in parts),
     }
 
 
@@ -231,24 +284,39 @@ def in_process(url: str, *, batches: int, singles: int) -> list[str]:
         statements[0] += 1
 
     factory = make_sessionmaker(engine)
+
+    def database_pids() -> list[int]:
+        if engine.dialect.name != "postgresql":
+            return []
+        with engine.connect() as connection:
+            query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            return list(connection.exec_driver_sql(query).scalars())
+
     rng = random.Random(7)
     lines = []
     try:
         for label, size, count in (("batches of 100", 100, batches), ("single events", 1, singles)):
             bodies = [[make_event(rng, int(time.time())) for _ in range(size)] for _ in range(count)]
+            database_before = cpu_of(database_pids())
             statements[0] = 0
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for body in bodies:
                 with factory() as session:
                     results = ingest_events(session, encryptor, body, settings=settings, now=datetime.now(UTC))
                     session.commit()
                 if any(r.status != "accepted" for r in results):
                     raise SystemExit(f"not accepted: {[r for r in results if r.status != 'accepted'][:2]}")
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
             events = size * count
+            database_after = cpu_of(database_pids())
+            database = (
+                f", PostgreSQL {cpu_spent(database_before, database_after) / events * 1e6:5.0f} µs"
+                if database_after
+                else ""
+            )
             lines.append(
                 f"{label:>15}: {events / elapsed:8.0f} events/s  {statements[0] / events:5.2f} statements/event  "
-                f"({events} events, {elapsed:.1f} s)"
+                f"CPU per event: hub {cpu / events * 1e6:5.0f} µs{database}  ({events} events, {elapsed:.1f} s)"
             )
     finally:
         engine.dispose()
@@ -279,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each measured phase")
     parser.add_argument("--clients", type=int, default=8, help="load-generator processes (connections)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (1: sync workers)")
     parser.add_argument(
         "--postgres",
         default=os.environ.get("HUB_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres"),
@@ -321,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "gunicorn",
                 "--workers",
                 str(args.workers),
+                "--threads",
+                str(args.threads),
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--log-level",
@@ -335,8 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_phase(port, key, batch=100, clients=args.clients, seconds=2)
         run_phase(port, key, batch=1, clients=args.clients, seconds=2)
 
-        batched = run_phase(port, key, batch=100, clients=args.clients, seconds=args.seconds)
-        single = run_phase(port, key, batch=1, clients=args.clients, seconds=args.seconds)
+        probes = {
+            "server_pids": lambda: worker_pids(server.pid),
+            "database_pids": lambda: backend_pids(admin, name),
+        }
+        batched = run_phase(port, key, batch=100, clients=args.clients, seconds=args.seconds, **probes)
+        single = run_phase(port, key, batch=1, clients=args.clients, seconds=args.seconds, **probes)
         rss = {pid: peak_rss_mb(pid) for pid in worker_pids(server.pid)}
     finally:
         if server is not None:
@@ -348,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    print(f"hub ingestion benchmark: gunicorn {args.workers} workers, {args.clients} client processes, PostgreSQL")
+    kind = "sync workers" if args.threads == 1 else f"workers of {args.threads} threads"
+    print(f"hub ingestion benchmark: gunicorn {args.workers} {kind}, {args.clients} client processes, PostgreSQL")
     print(f"cpus: {os.cpu_count()} (server, PostgreSQL and load generator share them)")
     print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_average()}")
     for label, phase in (("batches of 100", batched), ("single events", single)):
@@ -357,6 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"p50 {phase['p50_ms']:6.1f} ms  p99 {phase['p99_ms']:6.1f} ms  "
             f"({phase['events']} events, {phase['accepted']} accepted, {phase['errors']} errors, "
             f"{phase['seconds']:.1f} s)"
+        )
+    for label, phase in (("batches of 100", batched), ("single events", single)):
+        per_event = 1e6 / max(phase["events"], 1)
+        print(
+            f"{label:>15}: CPU per event: gunicorn {phase['server_cpu_s'] * per_event:6.0f} µs, "
+            f"PostgreSQL {phase['database_cpu_s'] * per_event:6.0f} µs, "
+            f"load generator {phase['client_cpu_s'] * per_event:6.0f} µs"
         )
     for pid, mb in rss.items():
         print(f"worker {pid}: peak RSS {mb:.0f} MB")

@@ -51,6 +51,8 @@ EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 WHOLE_EVENT = "$"
 
 _DIGITS = re.compile(r"[0-9]+(\.[0-9]+)?")
+# The characters str.isspace() accepts (re's \s on str patterns is the same Unicode test), found in one C scan.
+_WHITESPACE = re.compile(r"\s")
 # ISO 8601 date-time with a mandatory offset; fromisoformat does the parsing, this only demands the offset.
 _OFFSET = re.compile(r".*[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|z|[+-]\d{2}:?\d{2})$")
 
@@ -135,7 +137,7 @@ def _check_url(value: object) -> str:
         parts = urlsplit(text)
     except ValueError:
         raise ValueError("is not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or _WHITESPACE.search(text):
         raise ValueError("must be an absolute http(s) URL such as https://shop.example/thanks")
     return text
 
