@@ -12,4 +12,4 @@ COPY static ./static
 RUN pip install -e .
 USER hub
 EXPOSE 5000
-CMD ["gunicorn", "--workers", "2", "--bind", "0.0.0.0:5000", "hub:create_app()"]
+CMD ["gunicorn", "--workers", "2", "--threads", "4", "--bind", "0.0.0.0:5000", "hub:create_app()"]

@@ -1,4 +1,4 @@
-"""Ingestion benchmark: hub under gunicorn (2 workers) on PostgreSQL, loaded from separate processes.
+"""Ingestion benchmark: hub under gunicorn (2 workers of 4 threads) on PostgreSQL, loaded from separate processes.
 
 Run: ``.venv/bin/python bench/ingest.py [--seconds 20] [--clients 8] [--postgres URL]``
 
@@ -6,7 +6,8 @@ What it does, end to end:
 
 1. creates a throwaway PostgreSQL database (dropped at the end), runs ``hub db upgrade`` and
    ``hub api-key create --scope ingest`` against it;
-2. starts ``gunicorn -w 2 'hub.app:create_app()'`` with ``HUB_DATABASE_URL`` pointing at it;
+2. starts ``gunicorn -w 2 --threads 4 'hub.app:create_app()'`` (the production configuration of README.md and
+   docker-compose.yml) with ``HUB_DATABASE_URL`` pointing at it;
 3. from ``--clients`` load-generator *processes* (one persistent HTTP connection each), posts for ``--seconds``:
    first batches of 100 events, then single events; every request's latency is recorded;
 4. prints events/s and requests/s, p50/p99 latency per phase, and the peak RSS (``VmHWM``) of each gunicorn
@@ -347,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each measured phase")
     parser.add_argument("--clients", type=int, default=8, help="load-generator processes (connections)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (1: sync workers)")
+    parser.add_argument(
+        "--threads", type=int, default=4, help="gunicorn threads per worker (production: 4; 1: sync workers)"
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("HUB_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres"),
