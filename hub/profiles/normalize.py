@@ -17,7 +17,7 @@ Pure module: no I/O; the only clock reads are "today" for the date-of-birth rang
 ``normalize_date_of_birth`` and the future-date check in ``normalize_user``). The only state is
 ``functools.lru_cache`` over pure functions (lookup tables, e-mail domain validity, and the
 normalize-and-hash step of values that repeat across people: names, cities, states, ZIPs, countries,
-birth dates, genders), which the hot path depends on for speed.
+genders), which the hot path depends on for speed.
 """
 
 from __future__ import annotations
@@ -245,9 +245,24 @@ _ASCII_PHONE_SEPARATORS = bytes(code for code in range(128) if _PHONE_SEPARATORS
 _CALLING_CODE_BY_DIGITS = {str(code): code for code in _CALLING_CODES}
 _MIN_NSN, _MAX_NSN = 2, 17  # phonenumbers' limits on the national significant number
 _PARSE_KEEPS_ORIGINAL = frozenset({_REASON.TOO_SHORT, _REASON.IS_POSSIBLE_LOCAL_ONLY, _REASON.INVALID_LENGTH})
+_TOO_LONG = _REASON.TOO_LONG
+_IS_POSSIBLE = _REASON.IS_POSSIBLE
 
 
-@dataclass(frozen=True)
+# A metadata prefix pattern made of digit strings only ("00", "011", "0|180020"): re.match finds such a
+# pattern at the start of a string exactly when the string starts with one of the alternatives, and what
+# it matches is the first alternative (in order) that the string starts with. str.startswith with the
+# tuple of alternatives answers the same, several times faster than the regex.
+_DIGIT_ALTERNATIVES = re.compile(r"[0-9]+(?:\|[0-9]+)*")
+
+
+def _digit_alternatives(pattern: str | None) -> tuple[str, ...] | None:
+    if pattern is None or _DIGIT_ALTERNATIVES.fullmatch(pattern) is None:
+        return None
+    return tuple(pattern.split("|"))
+
+
+@dataclass(frozen=True, slots=True)  # slots: the fast path reads several attributes per number
 class _NumberingPlan:
     country_code: int
     is_main_region: bool  # the region whose metadata is_possible_number uses for this calling code
@@ -257,21 +272,66 @@ class _NumberingPlan:
     general: re.Pattern[str] | None
     possible_lengths: tuple[int, ...]
     local_only_lengths: tuple[int, ...]
+    # Derived from the fields above, for the fast path:
+    calling_code: str  # country_code's digits
+    # What is_possible_number_with_reason says for each national-number length up to one past the
+    # longest length the plan names, and (the same answer) for every longer one.
+    reason_by_length: tuple[phonenumbers.ValidationResult, ...]
+    reason_when_longer: phonenumbers.ValidationResult
+    # international_prefix and national_prefix as their digit-string alternatives, when they are such.
+    international_alternatives: tuple[str, ...] | None
+    national_alternatives: tuple[str, ...] | None
+    # A national number starting with "0" matches national_prefix as exactly "0" (no alternative listed
+    # before "0" starts with "0" itself); only meaningful with national_alternatives.
+    zero_is_national_prefix: bool
+
+
+def _reason_for_length(
+    possible: tuple[int, ...], local_only: tuple[int, ...], length: int
+) -> phonenumbers.ValidationResult:
+    """phonenumbers' length test: is_possible_number_with_reason for a number without leading zeros."""
+    if not possible:
+        return _REASON.INVALID_LENGTH
+    if length in local_only:
+        return _REASON.IS_POSSIBLE_LOCAL_ONLY
+    if length == possible[0]:
+        return _REASON.IS_POSSIBLE
+    if length < possible[0]:
+        return _REASON.TOO_SHORT
+    if length > possible[-1]:
+        return _REASON.TOO_LONG
+    return _REASON.IS_POSSIBLE if length in possible[1:] else _REASON.INVALID_LENGTH
 
 
 def _numbering_plan_from(metadata: phonenumbers.PhoneMetadata, is_main_region: bool) -> _NumberingPlan:
+    international = metadata.international_prefix or None
     national = metadata.national_prefix_for_parsing or None
     general = metadata.general_desc
     pattern = general.national_number_pattern if general is not None else None
+    possible = tuple(general.possible_length) if general is not None else ()
+    local_only = tuple(general.possible_length_local_only) if general is not None else ()
+    # Past the longest length the plan names, _reason_for_length gives every length the same answer.
+    longest = max((*possible, *local_only, 0)) + 1
+    national_alternatives = _digit_alternatives(national)
+    zero_first = national_alternatives is not None and "0" in national_alternatives
+    if zero_first:
+        before_zero = national_alternatives[: national_alternatives.index("0")]
+        zero_first = not any(alternative.startswith("0") for alternative in before_zero)
     return _NumberingPlan(
         country_code=metadata.country_code,
         is_main_region=is_main_region,
-        international_prefix=re.compile(metadata.international_prefix) if metadata.international_prefix else None,
+        international_prefix=re.compile(international) if international else None,
         national_prefix=re.compile(national) if national else None,
         plain_zero_trunk=not metadata.national_prefix_transform_rule,
         general=re.compile(pattern) if pattern else None,
-        possible_lengths=tuple(general.possible_length) if general is not None else (),
-        local_only_lengths=tuple(general.possible_length_local_only) if general is not None else (),
+        possible_lengths=possible,
+        local_only_lengths=local_only,
+        calling_code=str(metadata.country_code),
+        reason_by_length=tuple(_reason_for_length(possible, local_only, length) for length in range(longest + 1)),
+        reason_when_longer=_reason_for_length(possible, local_only, longest + 1),
+        international_alternatives=_digit_alternatives(international),
+        national_alternatives=national_alternatives,
+        zero_is_national_prefix=zero_first,
     )
 
 
@@ -294,18 +354,10 @@ def _calling_code_plan(country_code: int) -> _NumberingPlan | None:
 def _length_reason(country_code: int, national: str) -> phonenumbers.ValidationResult:
     """is_possible_number_with_reason for a number without leading zeros (phonenumbers' length test)."""
     plan = _calling_code_plan(country_code)
-    if plan is None or not plan.possible_lengths:
+    if plan is None:
         return _REASON.INVALID_LENGTH
-    length, lengths = len(national), plan.possible_lengths
-    if length in plan.local_only_lengths:
-        return _REASON.IS_POSSIBLE_LOCAL_ONLY
-    if length == lengths[0]:
-        return _REASON.IS_POSSIBLE
-    if length < lengths[0]:
-        return _REASON.TOO_SHORT
-    if length > lengths[-1]:
-        return _REASON.TOO_LONG
-    return _REASON.IS_POSSIBLE if length in lengths[1:] else _REASON.INVALID_LENGTH
+    length, reasons = len(national), plan.reason_by_length
+    return reasons[length] if length < len(reasons) else plan.reason_when_longer
 
 
 def _fast_phone_parts(text: str, region: str | None) -> tuple[int, str] | None:
@@ -333,15 +385,18 @@ def _fast_phone_parts(text: str, region: str | None) -> tuple[int, str] | None:
         else:
             return None
         plan = _calling_code_plan(country_code)
+        if plan is None:
+            return None
         national = digits[length:]
     else:
         plan = _region_plan(region) if region else None
         if plan is None or plan.international_prefix is None:
             return None
-        if plan.international_prefix.match(digits):
+        alternatives = plan.international_alternatives
+        if digits.startswith(alternatives) if alternatives is not None else plan.international_prefix.match(digits):
             return None  # parse() reads it as an international number
         national = digits
-        calling_code = str(plan.country_code)
+        calling_code = plan.calling_code
         if digits.startswith(calling_code):
             # parse() reads the region's own calling code as such (1-650-555-1212 in the US) when the
             # digits only make sense without it, or are too long with it.
@@ -350,31 +405,42 @@ def _fast_phone_parts(text: str, region: str | None) -> tuple[int, str] | None:
             rest = digits[len(calling_code) :]
             if plan.national_prefix is not None and plan.national_prefix.match(rest):
                 return None
-            if (not plan.general.fullmatch(digits) and plan.general.fullmatch(rest)) or _length_reason(
-                plan.country_code, digits
-            ) == _REASON.TOO_LONG:
+            # (A main region's plan is its calling code's: _length_reason's table applies. The cheap
+            # length test first, the regexes only when it does not decide.)
+            reasons = plan.reason_by_length
+            too_long = (reasons[len(digits)] if len(digits) < len(reasons) else plan.reason_when_longer) == _TOO_LONG
+            if too_long or (plan.general.fullmatch(rest) and not plan.general.fullmatch(digits)):
                 national = rest
-    if plan is None or not _MIN_NSN <= len(national) <= _MAX_NSN:
+    if not _MIN_NSN <= len(national) <= _MAX_NSN:
         return None
-    prefix = plan.national_prefix.match(national) if plan.national_prefix is not None else None
-    if prefix is None:
+    alternatives = plan.national_alternatives
+    if alternatives is not None:
+        if not national.startswith(alternatives):
+            trunk_zero = False
+        elif national[0] == "0" and plan.zero_is_national_prefix:
+            trunk_zero = True
+        else:
+            return None  # the prefix matched is not just "0"
+    elif plan.national_prefix is not None:
+        prefix = plan.national_prefix.match(national)
+        trunk_zero = prefix is not None
+        if trunk_zero and (prefix.group() != "0" or prefix.groups()):
+            return None
+    else:
+        trunk_zero = False
+    if not trunk_zero:
         if national[0] == "0":
             return None  # a kept leading zero (Italian style): parse records it separately
         return plan.country_code, national
-    if (
-        prefix.group() != "0"
-        or prefix.groups()
-        or not plan.plain_zero_trunk
-        or not plan.is_main_region
-        or plan.general is None
-    ):
+    if not plan.plain_zero_trunk or not plan.is_main_region or plan.general is None:
         return None
     stripped = national[1:]
     if len(stripped) < _MIN_NSN or stripped[0] == "0":
         return None
-    if plan.general.fullmatch(national) and not plan.general.fullmatch(stripped):
+    if not plan.general.fullmatch(stripped) and plan.general.fullmatch(national):
         return None  # parse keeps the zero: the number is only valid with it
-    if _length_reason(plan.country_code, stripped) in _PARSE_KEEPS_ORIGINAL:
+    reasons = plan.reason_by_length
+    if (reasons[len(stripped)] if len(stripped) < len(reasons) else plan.reason_when_longer) in _PARSE_KEEPS_ORIGINAL:
         return None
     return plan.country_code, stripped
 
@@ -421,8 +487,11 @@ def normalize_phone(value: str, regions: Sequence[str | None] = ()) -> str:
       unassigned number merely fails to match at Meta.
     """
     text = value.strip()
-    if not text:
-        return ""
+    return _normalize_stripped_phone(text, regions) if text else ""
+
+
+def _normalize_stripped_phone(text: str, regions: Sequence[str | None]) -> str:
+    """normalize_phone of a non-empty, stripped value."""
     if text.startswith("00"):
         # "00" is the ITU-recommended international prefix, but some countries dial abroad with
         # another one (US 011, AU 0011). Let the caller's region read its own prefix first, then fall
@@ -450,8 +519,11 @@ def normalize_phone(value: str, regions: Sequence[str | None] = ()) -> str:
                 )
         parts = _fast_phone_parts(text, region)
         if parts is not None:
-            _require_possible(_length_reason(*parts))
-            return f"{parts[0]}{parts[1]}"
+            country_code, national = parts
+            reason = _length_reason(country_code, national)
+            if reason != _IS_POSSIBLE:
+                _require_possible(reason)
+            return f"{country_code}{national}"
         number = _parse_phone(text, region)
     _require_possible(phonenumbers.is_possible_number_with_reason(number))
     # E.164 never includes the extension; Meta wants the digits without "+".
@@ -713,7 +785,9 @@ def _parse_date_of_birth(text: str) -> tuple[date, str]:
         birth = date(year, month, day)
     except ValueError:
         raise IdentifierError("date_of_birth", "Not a calendar date (check the month and day).") from None
-    return birth, f"{birth.year:04d}{birth.month:02d}{birth.day:02d}"
+    # YYYYMMDD: for a calendar date the number's last four digits are MMDD, zero-padded by position,
+    # and zfill pads the year to four digits; a fifth of the cost of a format spec per part.
+    return birth, str(year * 10000 + month * 100 + day).zfill(8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -877,12 +951,15 @@ def _entry(normalized: str) -> _Entry:
 
 # Entry functions, one per hashed field, so normalize_user calls each without dispatching on the field.
 #
-# Names, cities, states, ZIPs, countries, birth dates and genders repeat across people and events, so
-# their whole normalize-and-hash step is cached, keyed by the raw text alone (functools.lru_cache keys a
-# single str argument by the string itself, the cheapest lookup it has). Inside, the uncached
-# normalizer (``__wrapped__``) is called where the public one has its own cache: the entry cache already
-# remembers the outcome, storing it twice would only cost time on every new value.
-# E-mails, phones and external IDs are unique per person and are hashed each time.
+# Names, cities, states, ZIPs, countries and genders repeat across people and events, so their whole
+# normalize-and-hash step is cached, keyed by the raw text alone (functools.lru_cache keys a single str
+# argument by the string itself, the cheapest lookup it has). Inside, the uncached normalizer
+# (``__wrapped__``) is called where the public one has its own cache: the entry cache already remembers
+# the outcome, storing it twice would only cost time on every new value.
+# E-mails, phones, external IDs and birth dates are close to unique per person and are normalized and
+# hashed each time: a cache that mostly misses costs more than it saves, since every miss also adds an
+# entry to a table too large to stay in the CPU caches (measured on normalize_user). For the same reason
+# a US ZIP+4 is cached by its five digits, not by its raw text.
 
 
 @functools.lru_cache(maxsize=65536)
@@ -916,42 +993,66 @@ def _state_entry(text: str, country: str) -> _Entry:
     return _prehashed("state", text.strip()) or _entry(normalize_state.__wrapped__(text, country or None))
 
 
-@functools.lru_cache(maxsize=65536)
 def _zip_entry(text: str, country: str) -> _Entry:
     """``country`` is the user's normalized country code, "" when unknown."""
+    stripped = text.strip()
+    if country == "us" and stripped.isascii():
+        # normalize_zip's outcome for the two US shapes that make up nearly all US ZIPs, 12345 and
+        # 12345-6789 in ASCII digits: the first five digits (neither length can be a hash). The +4 part
+        # makes nearly every raw value new, so only the five digits are worth a cache.
+        length = len(stripped)
+        if length == 5 and stripped.isdigit():
+            return _us_zip_entry(stripped)
+        if length == 10 and stripped[5] == "-" and stripped[:5].isdigit() and stripped[6:].isdigit():
+            return _us_zip_entry(stripped[:5])
+    return _other_zip_entry(text, country)
+
+
+@functools.lru_cache(maxsize=65536)
+def _us_zip_entry(zip5: str) -> _Entry:
+    return _entry(zip5)
+
+
+@functools.lru_cache(maxsize=65536)
+def _other_zip_entry(text: str, country: str) -> _Entry:
     return _prehashed("zip", text.strip()) or _entry(normalize_zip.__wrapped__(text, country or None))
 
 
-@functools.lru_cache(maxsize=65536)
-def _date_of_birth_entry(text: str) -> tuple[_Entry, float]:
-    """The entry and the UTC midnight (epoch seconds) starting the birth date, for the future check."""
+def _date_of_birth_entry(text: str) -> _Entry:
+    # Not cached: a birth date is nearly as individual as an e-mail address, and parsing it costs about
+    # what a miss in a large cache does (measured: the cache made normalize_user slower).
     stripped = text.strip()
-    prehashed = _prehashed("date_of_birth", stripped)
-    if prehashed is not None:
-        return prehashed, float("-inf")
+    if len(stripped) in _HASH_LENGTHS:
+        prehashed = _prehashed("date_of_birth", stripped)
+        if prehashed is not None:
+            return prehashed
     if not stripped:
-        return _ABSENT, float("-inf")
+        return _ABSENT
     birth, formatted = _parse_date_of_birth.__wrapped__(stripped)
     if birth.year < _EARLIEST_BIRTH_YEAR:
         raise IdentifierError("date_of_birth", "Not a plausible date of birth: the year must be 1900 or later.")
-    midnight = (birth.toordinal() - _EPOCH_ORDINAL) * 86400
-    return _entry(formatted), midnight
-
-
-def _current_date_of_birth_entry(text: str) -> _Entry:
-    # The future check stays outside the cache: "today" moves on, a cached verdict would not.
-    entry, midnight = _date_of_birth_entry(text)
-    if midnight > time.time():
+    if (birth.toordinal() - _EPOCH_ORDINAL) * 86400 > time.time():  # the birth date has not begun yet (UTC)
         raise IdentifierError("date_of_birth", "Not a plausible date of birth: it is in the future.")
-    return entry
+    return formatted, _sha256(formatted.encode()).hexdigest()
 
 
 def _email_entry(text: str) -> _Entry:
     stripped = text.strip()
-    if len(stripped) in _HASH_LENGTHS:
+    length = len(stripped)
+    if length in _HASH_LENGTHS:
         prehashed = _prehashed("email", stripped)
         if prehashed is not None:
             return prehashed
+    # normalize_email's ASCII fast path, inlined: this runs for every user, and each nested call costs
+    # about as much as the regex. Anything else takes normalize_email itself.
+    email = stripped.lower()
+    if email.isascii() and len(email) <= _EMAIL_MAX_LENGTH:
+        match = _ASCII_EMAIL.fullmatch(email)
+        if match is not None:
+            problem = _email_domain_problem(match["domain"])
+            if problem is not None:
+                raise IdentifierError("email", f"Not a valid e-mail address: {problem}")
+            return email, _sha256(email.encode()).hexdigest()
     return _entry(normalize_email(text))
 
 
@@ -961,15 +1062,18 @@ def _phone_entry(text: str, regions: Sequence[str | None]) -> _Entry:
         prehashed = _prehashed("phone", stripped)
         if prehashed is not None:
             return prehashed
-    return _entry(normalize_phone(text, regions))
+    if not stripped:
+        return _ABSENT
+    phone = _normalize_stripped_phone(stripped, regions)
+    return (phone, _sha256(phone.encode()).hexdigest()) if phone else _ABSENT
 
 
 def _external_id_entry(text: str) -> _Entry:
-    stripped = normalize_external_id(text)
+    stripped = text.strip()  # normalize_external_id, inlined
     # Only SHA-256 counts as pre-hashed here: 32 hex digits are an ID (see _prehashed).
     if len(stripped) == 64 and is_sha256_hex(stripped):
         return "", stripped.lower()
-    return _entry(stripped)
+    return (stripped, _sha256(stripped.encode()).hexdigest()) if stripped else _ABSENT
 
 
 # How normalize_user treats each CONTRACT field, bound once: field → (output key, call shape, function).
@@ -988,13 +1092,14 @@ _FIELD_RULES: dict[str, tuple[str, int, Callable[..., object]]] = {
     "state": (HASHED_KEYS["state"], _BY_TEXT_AND_COUNTRY, _state_entry),
     "zip": (HASHED_KEYS["zip"], _BY_TEXT_AND_COUNTRY, _zip_entry),
     "country": (HASHED_KEYS["country"], _BY_TEXT, _country_entry),
-    "date_of_birth": (HASHED_KEYS["date_of_birth"], _BY_TEXT, _current_date_of_birth_entry),
+    "date_of_birth": (HASHED_KEYS["date_of_birth"], _BY_TEXT, _date_of_birth_entry),
     "gender": (HASHED_KEYS["gender"], _BY_TEXT, _gender_entry),
     "external_id": (HASHED_KEYS["external_id"], _BY_TEXT, _external_id_entry),
     "fbp": (BROWSER_KEYS["fbp"], _PLAIN, normalize_fbp),
     "fbc": (BROWSER_KEYS["fbc"], _PLAIN, normalize_fbc),
     "ip_address": (BROWSER_KEYS["ip_address"], _PLAIN, normalize_client_ip_address),
-    "user_agent": (BROWSER_KEYS["user_agent"], _PLAIN, normalize_client_user_agent),
+    # str.strip is normalize_client_user_agent without the Python call (the value is a str here).
+    "user_agent": (BROWSER_KEYS["user_agent"], _PLAIN, str.strip),
 }
 
 
@@ -1035,7 +1140,7 @@ def normalize_user(user: Mapping[str, object], *, phone_regions: Sequence[str | 
     # same message in place.
     country = ""
     raw_country = user.get("country")
-    if raw_country.__class__ is str:
+    if type(raw_country) is str:
         try:
             country = _country_entry(raw_country)[0]
         except IdentifierError as error:
@@ -1043,11 +1148,12 @@ def normalize_user(user: Mapping[str, object], *, phone_regions: Sequence[str | 
     regions = (country, *phone_regions) if country else phone_regions
 
     for field, raw in user.items():
-        rule = _FIELD_RULES.get(field)
-        if rule is None:
+        try:
+            rule = _FIELD_RULES[field]  # (cheaper than .get; an unknown field is the rare case)
+        except KeyError:
             errors[f"user.{field}"] = "unknown field"
             continue
-        if raw.__class__ is not str:
+        if type(raw) is not str:
             if raw is None:
                 continue
             if field in _INT_ALLOWED and isinstance(raw, int) and not isinstance(raw, bool):
@@ -1083,5 +1189,9 @@ def normalize_user(user: Mapping[str, object], *, phone_regions: Sequence[str | 
     # Filled in directly rather than through the generated __init__: a frozen dataclass sets each field
     # with object.__setattr__, which costs as much as normalizing two cached fields. Same instance state.
     result = _new_object(NormalizedUser)
-    result.__dict__.update(values=values, hashes=hashes, browser=browser, errors=errors)
+    state = result.__dict__
+    state["values"] = values
+    state["hashes"] = hashes
+    state["browser"] = browser
+    state["errors"] = errors
     return result

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import random
 import unicodedata
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import phonenumbers
 import pytest
@@ -980,3 +982,20 @@ def test_normalize_user_agrees_with_reference_on_random_users() -> None:
     assert sum(len(outcome.values) for outcome in outcomes) > 15_000
     rejected = {field for outcome in outcomes for field in outcome.errors}
     assert rejected == {f"user.{field}" for field in (*HASHED_KEYS, *BROWSER_KEYS, "shoe_size")}
+
+
+def test_normalize_user_agrees_with_reference_on_the_benchmark_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rows bench/identity.py times: the speed it reports is that of these exact outputs.
+    bench = Path(__file__).resolve().parents[3] / "bench"
+    monkeypatch.syspath_prepend(str(bench))  # identity.py imports its sibling identity_db
+    spec = importlib.util.spec_from_file_location("bench_identity_for_tests", bench / "identity.py")
+    assert spec is not None
+    assert spec.loader is not None
+    identity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(identity)
+    rows = identity.synthetic_users(3000, 20261128)
+    for user, region in rows:
+        result = normalize_user(user, phone_regions=(region,))
+        actual = [list(mapping.items()) for mapping in (result.values, result.hashes, result.browser, result.errors)]
+        assert actual == _reference_normalize_user(user, [region]), user
+    assert sum("em" in normalize_user(user).values for user, _ in rows) == len(rows)
