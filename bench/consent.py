@@ -40,6 +40,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,13 @@ def _settings(url: str, data_dir: Path) -> Settings:
 # -- webhooks ------------------------------------------------------------------------------------------------
 
 
-def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], list[float]]:
+def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], list[float], float]:
     base, worker, count, pool, seed = args  # base: the server's URL up to the source name
     rng = random.Random(seed)
     session = requests.Session()
     statuses: dict[int, int] = {}
     latencies: list[float] = []
+    cpu_started = time.process_time()
     for index in range(count):
         person = rng.randrange(pool)
         body = json.dumps(
@@ -123,7 +125,7 @@ def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], 
         response = session.post(f"{base}/bench", data=body, headers=headers, timeout=60)
         latencies.append(time.perf_counter() - started)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-    return worker, statuses, latencies
+    return worker, statuses, latencies, time.process_time() - cpu_started
 
 
 def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
@@ -142,8 +144,8 @@ def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
             secret=SECRET,
             now=utcnow(),
         )
-    total, statuses, elapsed, p50, p99, cpu = _drive(app, "/webhooks/cmp", args)
-    rate = total / elapsed
+    run = _drive(app, "/webhooks/cmp", args)
+    total, statuses, rate = run.requests, run.statuses, run.rate
     app.extensions["hub.engine"].dispose()
 
     with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
@@ -153,18 +155,39 @@ def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
     ok = statuses.get(200, 0) == total and rate >= WEBHOOK_TARGET
     print(
         f"webhooks: {total} signed generic deliveries from {args.clients} client processes to waitress "
-        f"({args.threads} threads) in {elapsed:.2f} s = {rate:.0f} webhooks/s "
+        f"({args.threads} threads) in {run.seconds:.2f} s = {rate:.0f} webhooks/s "
         f"(target >= {WEBHOOK_TARGET:.0f}) {'OK' if rate >= WEBHOOK_TARGET else 'BELOW TARGET'}"
     )
-    print(f"  statuses {statuses}; request latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; server CPU {cpu:.2f} ms/request")
+    print(f"  statuses {statuses}; {run.costs}")
     print(f"  database: {records} consent records, {profiles} profiles, inbox {inbox}")
     return ok
 
 
-def _drive(app: Any, prefix: str, args: argparse.Namespace) -> tuple[int, dict[int, int], float, float, float, float]:
+@dataclass(frozen=True)
+class _Run:
+    requests: int
+    statuses: dict[int, int]
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_ms: float  # this process (waitress and the request threads) per request
+    client_cpu_ms: float  # the client processes per request
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def costs(self) -> str:
+        return (
+            f"request latency p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; CPU per request: server "
+            f"{self.server_cpu_ms:.2f} ms, clients {self.client_cpu_ms:.2f} ms"
+        )
+
+
+def _drive(app: Any, prefix: str, args: argparse.Namespace) -> _Run:
     """Serve ``app`` under waitress in this process and post ``args.requests`` signed deliveries to
-    ``<prefix>/bench`` from ``args.clients`` client processes. Returns (requests, statuses, seconds, p50 ms,
-    p99 ms, server CPU ms per request: this process's CPU time, request threads and waitress's loop)."""
+    ``<prefix>/bench`` from ``args.clients`` client processes."""
     from waitress.server import create_server
 
     server = create_server(app, host="127.0.0.1", port=0, threads=args.threads)
@@ -187,15 +210,21 @@ def _drive(app: Any, prefix: str, args: argparse.Namespace) -> tuple[int, dict[i
 
     statuses: dict[int, int] = {}
     latencies: list[float] = []
-    for _worker, result_statuses, result_latencies in results:
+    for _worker, result_statuses, result_latencies, _cpu in results:
         for status, n in result_statuses.items():
             statuses[status] = statuses.get(status, 0) + n
         latencies.extend(result_latencies)
     total = sum(statuses.values())
     latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[int(len(latencies) * 0.99)] * 1000
-    return total, statuses, elapsed, p50, p99, cpu / total * 1000
+    return _Run(
+        requests=total,
+        statuses=statuses,
+        seconds=elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
+        server_cpu_ms=cpu / total * 1000,
+        client_cpu_ms=sum(result[3] for result in results) / total * 1000,
+    )
 
 
 def bench_floor(url: str, args: argparse.Namespace) -> bool:
@@ -224,10 +253,10 @@ def bench_floor(url: str, args: argparse.Namespace) -> bool:
         return {"status": "ignored"}
 
     for label, prefix in (("one INSERT + commit", "/insert"), ("no database", "/nothing")):
-        total, statuses, elapsed, p50, p99, cpu = _drive(app, prefix, args)
+        run = _drive(app, prefix, args)
         print(
-            f"floor ({label}): {total} requests in {elapsed:.2f} s = {total / elapsed:.0f} requests/s; "
-            f"statuses {statuses}; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; server CPU {cpu:.2f} ms/request"
+            f"floor ({label}): {run.requests} requests in {run.seconds:.2f} s = {run.rate:.0f} requests/s; "
+            f"statuses {run.statuses}; {run.costs}"
         )
     engine.dispose()
     return True

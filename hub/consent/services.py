@@ -509,7 +509,10 @@ def _advance_projection(
             for _purpose, fact in sorted(changed.items())
         ],
     )
-    # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM).
+    # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM). Building
+    # identity keys is not free, and a session that loaded no objects at all (a webhook's) has nothing to expire.
+    if not session.identity_map:
+        return
     for purpose in changed:
         loaded = session.identity_map.get(session.identity_key(ConsentState, (profile_id, purpose)))
         if loaded is not None:
