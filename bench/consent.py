@@ -8,8 +8,13 @@ Sections:
   request threads, as ``hub serve`` runs it); ``--clients`` separate client processes post signed ``generic``
   webhooks (HMAC, two purposes each, subjects drawn from a pool so some deliveries create a profile and others
   find one) with ``requests.Session`` as fast as the server answers. Every request is the full path: source
-  lookup, HMAC check, inbox row committed on its own, JSON parse, adapter, identity resolution, two ledger rows,
-  projection, inbox status, commit. Target: >= 500 webhooks/s.
+  lookup, HMAC check, JSON parse, adapter, inbox row, identity resolution, two ledger rows, projection, one
+  commit (the inbox row and its effects are durable together before the 2xx; see ``hub.cmp.views``). Target:
+  >= 500 webhooks/s. Also printed: this process's CPU time per request (request threads and waitress).
+* ``floor`` — what the target is measured against: the same clients and waitress setup posting the same signed
+  bodies to a trivial Flask app whose one route stores the body with one INSERT and commits (hub's engine
+  settings, no authentication, no processing), and to a route that does no database work at all. The hub
+  cannot beat these figures on the same machine; the gap is hub's own work per delivery. Not run by default.
 * ``lookup`` — ``consent_at`` cost with 1,000,000 ledger rows for 100,000 profiles bulk-loaded with COPY: time
   ``consent_at(session, profile, purpose, when)`` (one statement: root, cluster members and that purpose's
   records; then the cluster fold and evaluation) for random profiles. Target: p99 < 2 ms. The whole-ledger read
@@ -35,6 +40,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -90,12 +96,13 @@ def _settings(url: str, data_dir: Path) -> Settings:
 # -- webhooks ------------------------------------------------------------------------------------------------
 
 
-def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], list[float]]:
-    base, worker, count, pool, seed = args
+def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], list[float], float]:
+    base, worker, count, pool, seed = args  # base: the server's URL up to the source name
     rng = random.Random(seed)
     session = requests.Session()
     statuses: dict[int, int] = {}
     latencies: list[float] = []
+    cpu_started = time.process_time()
     for index in range(count):
         person = rng.randrange(pool)
         body = json.dumps(
@@ -115,15 +122,13 @@ def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], 
             "X-Hub-Signature": sign_hmac(SECRET.encode(), body, int(time.time())),
         }
         started = time.perf_counter()
-        response = session.post(f"{base}/webhooks/cmp/bench", data=body, headers=headers, timeout=60)
+        response = session.post(f"{base}/bench", data=body, headers=headers, timeout=60)
         latencies.append(time.perf_counter() - started)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-    return worker, statuses, latencies
+    return worker, statuses, latencies, time.process_time() - cpu_started
 
 
 def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
-    from waitress.server import create_server
-
     from hub.app import create_app
     from hub.cmp.sources import create_source
     from hub.db import session_scope, utcnow
@@ -139,34 +144,9 @@ def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
             secret=SECRET,
             now=utcnow(),
         )
-    server = create_server(app, host="127.0.0.1", port=0, threads=args.threads)
-    port = server.effective_port  # type: ignore[union-attr]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-
-    per_client = args.requests // args.clients
-    # Warm-up: connection pools, imports, first plans.
-    _client((base, 999, 50, args.pool, 0))
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(args.clients) as pool:
-        started = time.perf_counter()
-        results = pool.map(_client, [(base, w, per_client, args.pool, w + 1) for w in range(args.clients)])
-        elapsed = time.perf_counter() - started
-    server.close()
+    run = _drive(app, "/webhooks/cmp", args)
+    total, statuses, rate = run.requests, run.statuses, run.rate
     app.extensions["hub.engine"].dispose()
-
-    statuses: dict[int, int] = {}
-    latencies: list[float] = []
-    for _worker, result_statuses, result_latencies in results:
-        for status, n in result_statuses.items():
-            statuses[status] = statuses.get(status, 0) + n
-        latencies.extend(result_latencies)
-    total = sum(statuses.values())
-    rate = total / elapsed
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[int(len(latencies) * 0.99)] * 1000
 
     with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
         records = conn.execute("SELECT count(*) FROM consent_records").fetchone()[0]
@@ -175,12 +155,111 @@ def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
     ok = statuses.get(200, 0) == total and rate >= WEBHOOK_TARGET
     print(
         f"webhooks: {total} signed generic deliveries from {args.clients} client processes to waitress "
-        f"({args.threads} threads) in {elapsed:.2f} s = {rate:.0f} webhooks/s "
+        f"({args.threads} threads) in {run.seconds:.2f} s = {rate:.0f} webhooks/s "
         f"(target >= {WEBHOOK_TARGET:.0f}) {'OK' if rate >= WEBHOOK_TARGET else 'BELOW TARGET'}"
     )
-    print(f"  statuses {statuses}; request latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"  statuses {statuses}; {run.costs}")
     print(f"  database: {records} consent records, {profiles} profiles, inbox {inbox}")
     return ok
+
+
+@dataclass(frozen=True)
+class _Run:
+    requests: int
+    statuses: dict[int, int]
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_ms: float  # this process (waitress and the request threads) per request
+    client_cpu_ms: float  # the client processes per request
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def costs(self) -> str:
+        return (
+            f"request latency p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; CPU per request: server "
+            f"{self.server_cpu_ms:.2f} ms, clients {self.client_cpu_ms:.2f} ms"
+        )
+
+
+def _drive(app: Any, prefix: str, args: argparse.Namespace) -> _Run:
+    """Serve ``app`` under waitress in this process and post ``args.requests`` signed deliveries to
+    ``<prefix>/bench`` from ``args.clients`` client processes."""
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=args.threads)
+    port = server.effective_port  # type: ignore[union-attr]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}{prefix}"
+
+    per_client = args.requests // args.clients
+    # Warm-up: connection pools, imports, first plans.
+    _client((base, 999, 50, args.pool, 0))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.clients) as pool:
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        results = pool.map(_client, [(base, w, per_client, args.pool, w + 1) for w in range(args.clients)])
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    server.close()
+
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    for _worker, result_statuses, result_latencies, _cpu in results:
+        for status, n in result_statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+        latencies.extend(result_latencies)
+    total = sum(statuses.values())
+    latencies.sort()
+    return _Run(
+        requests=total,
+        statuses=statuses,
+        seconds=elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
+        server_cpu_ms=cpu / total * 1000,
+        client_cpu_ms=sum(result[3] for result in results) / total * 1000,
+    )
+
+
+def bench_floor(url: str, args: argparse.Namespace) -> bool:
+    """The same clients against a trivial app: one INSERT + commit per request, and no database at all."""
+    from flask import Flask, request
+    from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert
+
+    from hub.db import create_db_engine
+
+    engine = create_db_engine(url)
+    metadata = MetaData()
+    table = Table("bench_floor", metadata, Column("id", Integer, primary_key=True), Column("body", LargeBinary))
+    metadata.create_all(engine)
+    statement = insert(table)
+    app = Flask("floor")
+
+    @app.post("/insert/<name>")
+    def store(name: str) -> dict[str, str]:
+        with engine.begin() as connection:
+            connection.execute(statement, {"body": request.get_data(cache=False)})
+        return {"status": "stored"}
+
+    @app.post("/nothing/<name>")
+    def nothing(name: str) -> dict[str, str]:
+        request.get_data(cache=False)
+        return {"status": "ignored"}
+
+    for label, prefix in (("one INSERT + commit", "/insert"), ("no database", "/nothing")):
+        run = _drive(app, prefix, args)
+        print(
+            f"floor ({label}): {run.requests} requests in {run.seconds:.2f} s = {run.rate:.0f} requests/s; "
+            f"statuses {run.statuses}; {run.costs}"
+        )
+    engine.dispose()
+    return True
 
 
 # -- lookup ------------------------------------------------------------------------------------------------
@@ -287,7 +366,7 @@ def _explain(session: Any, profile_id: str, purpose: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", metavar="{webhooks,lookup}", default=[])
+    parser.add_argument("sections", nargs="*", metavar="{webhooks,lookup,floor}", default=[])
     parser.add_argument("--postgres-url")
     parser.add_argument("--requests", type=int, default=10_000, help="webhooks to send")
     parser.add_argument("--clients", type=int, default=4, help="client processes")
@@ -299,7 +378,7 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="print the lookup statement's EXPLAIN ANALYZE")
     args = parser.parse_args()
     sections = args.sections or ["webhooks", "lookup"]
-    unknown = set(sections) - {"webhooks", "lookup"}
+    unknown = set(sections) - {"webhooks", "lookup", "floor"}
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     admin_url = _admin_url(args)
@@ -312,6 +391,9 @@ def main() -> int:
         if "webhooks" in sections:
             with throwaway_postgres(admin_url) as url:
                 ok &= bench_webhooks(url, args, Path(directory))
+        if "floor" in sections:
+            with throwaway_postgres(admin_url) as url:
+                ok &= bench_floor(url, args)
         if "lookup" in sections:
             with throwaway_postgres(admin_url) as url:
                 ok &= bench_lookup(url, args)

@@ -1,13 +1,18 @@
 """CMP webhook deliveries: authenticate, keep the raw delivery, then turn it into consent records.
 
-The webhook edge (``hub.cmp.views``) calls these in three units of work so that nothing a CMP sent is lost
+The webhook edge (``hub.cmp.views``) calls these in one unit of work so that nothing a CMP sent is lost
 (CONTRACT.md "CMP webhooks"; reference/consent.md §1.3 "inbox first"):
 
 1. ``load_source`` + ``authenticate`` — an unauthenticated request stores nothing;
-2. ``parse_delivery`` (pure) then ``store_delivery`` — the raw body (encrypted: it carries identifiers)
-   committed on its own; the insert also returns the earliest earlier copy of the delivery;
-3. ``process_delivery`` — adapter output → identity resolution → ``record_consent``, committed with the inbox
-   row's new status; when it fails, the edge rolls it back and ``mark_failed`` records the error on the inbox row.
+2. ``parse_delivery`` (pure) then ``store_delivery`` — the raw body (encrypted: it carries identifiers) in
+   ``cmp_inbox``; the insert also returns the earliest earlier copy of the delivery;
+3. ``process_delivery`` — adapter output → identity resolution → ``record_consent``, in the same transaction as
+   the inbox row. When it fails, the edge rolls all of it back and stores the body again with
+   ``store_delivery(failure=...)``, committed on its own.
+
+The inbox row is written with the status it ends in when nothing goes wrong (``processed``, or ``failed`` for a
+body that cannot be processed as sent), because it only becomes visible with the transaction's commit, together
+with the records; ``process_delivery`` rewrites it only for a repeat or to keep notes.
 
 Repeats are no-ops: a body already processed for the source (same SHA-256), or a CMP event id already processed,
 marks the new inbox row ``duplicate``; below that, ``record_consent`` is idempotent per
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import String, bindparam, insert, literal_column, select, true, update
 from sqlalchemy.orm import Session
 
 from hub.cmp.adapters import ConsentSubmission, PayloadError, parse_payload
@@ -52,7 +57,6 @@ __all__ = [
     "cmp_identity",
     "inbox_body",
     "load_source",
-    "mark_failed",
     "parse_delivery",
     "process_delivery",
     "store_delivery",
@@ -124,18 +128,33 @@ class DeliveryOutcome:
 # ----------------------------------------------------------------------------------------------------------
 
 
+_SOURCES = CmpSource.__table__
+# One row of plain columns (a Core statement, built once): the ORM entity's loading cost more than the query.
+_ENABLED_SOURCE = select(
+    _SOURCES.c.id,
+    _SOURCES.c.name,
+    _SOURCES.c.adapter,
+    _SOURCES.c.authenticator,
+    _SOURCES.c.secret_encrypted,
+    _SOURCES.c.settings,
+).where(_SOURCES.c.name == bindparam("name", type_=String), _SOURCES.c.enabled == true())
+
+
 def load_source(session: Session, encryptor: FieldEncryptor, name: str) -> SourceConfig | None:
-    """The enabled source called ``name``, or None (unknown and disabled sources look the same: 404)."""
-    source = session.scalar(select(CmpSource).where(CmpSource.name == name))
-    if source is None or not source.enabled:
+    """The enabled source called ``name``, or None (unknown and disabled sources look the same: 404).
+
+    Read from the database on every request, not cached: a disabled source or rotated credentials take effect
+    with the next delivery."""
+    row = session.execute(_ENABLED_SOURCE, {"name": name}).first()
+    if row is None:
         return None
     return SourceConfig(
-        id=source.id,
-        name=source.name,
-        adapter=source.adapter,
-        authenticator=source.authenticator,
-        secret=encryptor.decrypt_optional(source.secret_encrypted),
-        settings=dict(source.settings or {}),
+        id=row.id,
+        name=row.name,
+        adapter=row.adapter,
+        authenticator=row.authenticator,
+        secret=encryptor.decrypt_optional(row.secret_encrypted),
+        settings=dict(row.settings or {}),
     )
 
 
@@ -203,7 +222,7 @@ class ParsedDelivery:
 
 @dataclass(frozen=True)
 class StoredDelivery:
-    """The inbox row just committed, and the earliest processed (or repeat) delivery of the same source with the
+    """The inbox row just written, and the earliest processed (or repeat) delivery of the same source with the
     same body or CMP event id, if any."""
 
     inbox_id: int
@@ -224,14 +243,28 @@ def _inbox_insert_statement(*, by_event_key: bool) -> Any:
         select(earlier.c.id)
         .where(
             earlier.c.source_id == bindparam("new_source_id", type_=table.c.source_id.type),
-            earlier.c.status.in_(("processed", "duplicate")),
+            # Two comparisons rather than IN: a literal IN list is re-rendered on every execution.
+            (earlier.c.status == "processed") | (earlier.c.status == "duplicate"),
+            # The new row itself is written ``processed`` already, and SQLite's RETURNING sees it. (The column
+            # is named in SQL: SQLAlchemy does not correlate a subquery in RETURNING to the inserted row.)
+            earlier.c.id != literal_column(f"{table.name}.id"),
             same,
         )
         .order_by(earlier.c.id)
         .limit(1)
         .scalar_subquery()
     )
-    columns = ("source_id", "received_at", "body", "body_sha256", "headers", "status")
+    columns = (
+        "source_id",
+        "received_at",
+        "body",
+        "body_sha256",
+        "event_key",
+        "headers",
+        "status",
+        "error",
+        "processed_at",
+    )
     return (
         insert(table)
         .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in columns})
@@ -250,6 +283,12 @@ def parse_delivery(source: SourceConfig, body: bytes) -> ParsedDelivery:
         return ParsedDelivery(body_sha256, rejection=rejection)
 
 
+def rejection_text(rejection: DeliveryRejected) -> str:
+    """How a rejection is kept on the inbox row: the message and every field at fault."""
+    details = "; ".join(f"{path}: {problem}" for path, problem in rejection.fields.items())
+    return f"{rejection.message}{' (' + details + ')' if details else ''}"
+
+
 def store_delivery(
     session: Session,
     encryptor: FieldEncryptor,
@@ -260,20 +299,30 @@ def store_delivery(
     headers: Mapping[str, str],
     remote_addr: str | None,
     now: datetime,
+    failure: str | None = None,
 ) -> StoredDelivery:
-    """Keep the raw delivery (status ``received``). The body is encrypted at rest because CMP payloads carry
-    raw identifiers (DESIGN §3); ``body_sha256`` is of the raw bytes. The same statement looks for an earlier
-    delivery with the same body (or CMP event id, when the body parsed) that was processed or was a repeat."""
+    """Keep the raw delivery. The body is encrypted at rest because CMP payloads carry raw identifiers
+    (DESIGN §3); ``body_sha256`` is of the raw bytes. The same statement looks for an earlier delivery with the
+    same body (or CMP event id, when the body parsed) that was processed or was a repeat.
+
+    The row is written with its final status when nothing goes wrong: ``failed`` with the reason when the body
+    cannot be processed as sent (or ``failure`` is given: processing failed and was rolled back), else
+    ``processed`` with the CMP's event id, which ``process_delivery`` completes in the same transaction."""
     kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
     if remote_addr:
         kept["remote_addr"] = remote_addr
+    if failure is None and parsed.rejection is not None:
+        failure = rejection_text(parsed.rejection)
     parameters: dict[str, Any] = {
         "new_source_id": source.id,
         "new_received_at": now,
         "new_body": _encrypt(encryptor, body),
         "new_body_sha256": parsed.body_sha256,
+        "new_event_key": None if failure is not None else parsed.event_key,
         "new_headers": kept,
-        "new_status": "received",
+        "new_status": "processed" if failure is None else "failed",
+        "new_error": None if failure is None else failure[:2000],
+        "new_processed_at": now,
         "earlier_body_sha256": parsed.body_sha256,
     }
     if parsed.event_key is not None:
@@ -290,15 +339,6 @@ def _encrypt(encryptor: FieldEncryptor, body: bytes) -> bytes:
 def inbox_body(encryptor: FieldEncryptor, item: CmpInboxItem) -> bytes:
     """The raw body of a stored delivery (raises DecryptionError when no configured key opens it)."""
     return encryptor.decrypt(item.body.decode("ascii")).encode("latin-1")
-
-
-def mark_failed(session: Session, inbox_id: int, error: str, now: datetime) -> None:
-    item = session.get(CmpInboxItem, inbox_id)
-    if item is not None:
-        item.status = "failed"
-        item.error = error[:2000]
-        item.processed_at = now
-        session.flush()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,21 +379,16 @@ def _parse(source: SourceConfig, body_sha256: str, body: bytes) -> list[ConsentS
         raise DeliveryRejected(400, "invalid_payload", f"{path}: {error.message}", {path: error.message}) from None
 
 
-def _mark(
-    session: Session,
-    inbox_id: int,
-    status: str,
-    now: datetime,
-    note: str | None = None,
-    event_key: str | None = None,
-) -> None:
-    values: dict[str, Any] = {"status": status, "processed_at": now, "error": note}
-    if event_key is not None:
-        values["event_key"] = event_key
-    session.execute(
-        update(CmpInboxItem).where(CmpInboxItem.id == inbox_id).values(**values),
-        execution_options={"synchronize_session": False},
-    )
+_INBOX = CmpInboxItem.__table__
+_MARK = (
+    update(_INBOX)
+    .where(_INBOX.c.id == bindparam("inbox_id", type_=_INBOX.c.id.type))
+    .values(status=bindparam("status", type_=String), error=bindparam("note", type_=_INBOX.c.error.type))
+)
+
+
+def _mark(session: Session, inbox_id: int, status: str, note: str | None) -> None:
+    session.execute(_MARK, {"inbox_id": inbox_id, "status": status, "note": note})
 
 
 def process_delivery(
@@ -366,22 +401,21 @@ def process_delivery(
     *,
     now: datetime,
 ) -> DeliveryOutcome:
-    """Turn a stored delivery into consent records and mark the inbox row ``processed`` or ``duplicate``.
+    """Turn a stored delivery into consent records in the inbox row's transaction; a repeat marks the row
+    ``duplicate``, notes are kept on it (``store_delivery`` wrote it ``processed`` already).
 
-    Raises ``DeliveryRejected`` (nothing recorded; the caller rolls back and calls ``mark_failed``).
+    Raises ``DeliveryRejected`` (the body cannot be processed as sent, or its subject cannot be identified);
+    the caller rolls the transaction back and stores the body as failed.
     """
     earlier = stored.duplicate_of
     if parsed.rejection is not None:
         if earlier is None:
             raise parsed.rejection
         # Processed before (the source's mapping may have changed since): a repeat stays a no-op.
-        _mark(session, stored.inbox_id, "duplicate", now, f"same body as inbox item {earlier}")
+        _mark(session, stored.inbox_id, "duplicate", f"same body as inbox item {earlier}")
         return DeliveryOutcome("duplicate", notes=(f"same body as delivery {earlier}",))
-    # The event key is set with the final status so the inbox row is written once.
-    item_event_key = parsed.event_key
     if earlier is not None:
-        note = f"same body or CMP event id as inbox item {earlier}"
-        _mark(session, stored.inbox_id, "duplicate", now, note, item_event_key)
+        _mark(session, stored.inbox_id, "duplicate", f"same body or CMP event id as inbox item {earlier}")
         return DeliveryOutcome("duplicate", notes=(f"same body or event id as delivery {earlier}",))
 
     notes: list[str] = []
@@ -425,7 +459,8 @@ def process_delivery(
             notes.append("the subject was erased; nothing recorded")
             continue
         record_ids.extend(r.id for r in records)
-    _mark(session, stored.inbox_id, "processed", now, "; ".join(notes)[:2000] or None, item_event_key)
+    if notes:
+        _mark(session, stored.inbox_id, "processed", "; ".join(notes)[:2000])
     return DeliveryOutcome(
         "processed", records=len(record_ids), profile_id=profile_id, record_ids=tuple(record_ids), notes=tuple(notes)
     )

@@ -1,31 +1,42 @@
 """``POST /webhooks/cmp/<source>``: CMP consent webhooks (CONTRACT.md "CMP webhooks").
 
-Units of work on the request's session, in this order, so nothing a CMP sent is lost and nothing
-unauthenticated is kept:
+One unit of work on the request's session, so nothing a CMP sent is lost and nothing unauthenticated is kept:
 
 1. look the source up and authenticate (unknown/disabled → 404, wrong address → 403, bad credentials → 401;
    nothing stored);
-2. store the raw delivery in ``cmp_inbox`` (the same statement finds an earlier copy) and commit it on its own;
-3. process it in a new transaction (committed by ``hub.web.database`` with the inbox row's new status).
-   When processing fails, that work is rolled back and the inbox row is marked ``failed`` with the error,
-   committed on its own — the raw body stays for a later retry or a fix of the source's mapping.
+2. store the raw delivery in ``cmp_inbox`` (the same statement finds an earlier copy) and process it in the
+   same transaction, committed once by ``hub.web.database`` before the CMP gets its 2xx.
+
+A CMP is answered 2xx only after the raw body and its effects are durable together. If hub stops before the
+commit, nothing of the delivery is kept, but the CMP got no 2xx either and sends it again (every CMP retries,
+reference/consent.md §1); storing the inbox row in a transaction of its own first would cost a second commit
+per delivery without keeping anything the CMP would not send again.
+
+When processing fails, all of it is rolled back and the raw body is stored again, marked ``failed`` with the
+error, and committed on its own before the error answer — it stays for a retry or a fix of the source's mapping.
+A body that cannot be processed as sent (malformed JSON, a bad field) is stored ``failed`` directly and answered
+400. Rolling back and storing again costs the failure path one more insert; a SAVEPOINT would cost every
+delivery two more round trips.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy.orm import Session
 
 from hub.cmp.services import (
     DeliveryRejected,
+    ParsedDelivery,
+    SourceConfig,
     WebhookAuthError,
     authenticate,
     load_source,
-    mark_failed,
     parse_delivery,
     process_delivery,
+    rejection_text,
     store_delivery,
 )
 from hub.db import utcnow
@@ -45,18 +56,35 @@ def _count(source: str, result: str) -> None:
 
 
 def _release_request_session() -> None:
-    # Something earlier in the request (a cookie's user lookup) may have opened the request session. Its
-    # transaction must end before the inbox commits on its own session: on SQLite it would hold the write lock,
-    # and under a shared test connection the inbox's savepoint would nest inside it and vanish on rollback.
+    # Something earlier in the request (a cookie's user lookup) may have opened the request session. The
+    # delivery's unit of work starts clean, so that rolling it back on a failure undoes nothing else.
     session: Session | None = g.pop("db_session", None)
     if session is not None:
         session.rollback()
         session.close()
 
 
-def _record_failure(session: Session, inbox_id: int, error: str) -> None:
-    # The processing work was rolled back; the failure is committed on its own so the raw body stays for a retry.
-    mark_failed(session, inbox_id, error, utcnow())
+def _rejected(error: DeliveryRejected) -> ApiError:
+    return ApiError(error.status, error.code, error.message, error.fields)
+
+
+def _keep_failed(
+    session: Session, source: SourceConfig, parsed: ParsedDelivery, body: bytes, failure: str, received_at: datetime
+) -> None:
+    # The processing work is rolled back with the inbox row written alongside it; the body is stored again,
+    # marked failed, and committed on its own so it stays whatever the answer.
+    session.rollback()
+    store_delivery(
+        session,
+        current_app.extensions["hub.encryptor"],
+        source,
+        parsed,
+        body=body,
+        headers=request.headers,
+        remote_addr=request.remote_addr,
+        now=received_at,
+        failure=failure,
+    )
     session.commit()
 
 
@@ -68,8 +96,6 @@ def receive(source_name: str) -> Response:
     body = request.get_data(cache=False)
     received_at = utcnow()
 
-    # One session for the request: the inbox row is committed before processing starts (its own transaction),
-    # then the processing transaction is committed by ``hub.web.database`` or rolled back here.
     session = get_session()
     source = load_source(session, encryptor, source_name)
     if source is None:
@@ -95,23 +121,24 @@ def receive(source_name: str) -> Response:
         remote_addr=request.remote_addr,
         now=received_at,
     )
-    session.commit()
-    inbox_id = stored.inbox_id
+    if parsed.rejection is not None and stored.duplicate_of is None:
+        # Stored as failed with the reason: committed here, because an error answer rolls the request back.
+        session.commit()
+        _count(source.name, "failed")
+        raise _rejected(parsed.rejection)
 
     try:
-        outcome = process_delivery(session, encryptor, settings, source, parsed, stored, now=utcnow())
+        outcome = process_delivery(session, encryptor, settings, source, parsed, stored, now=received_at)
         session.flush()
     except DeliveryRejected as error:
-        session.rollback()
-        details = "; ".join(f"{path}: {problem}" for path, problem in error.fields.items())
-        _record_failure(session, inbox_id, f"{error.message}{' (' + details + ')' if details else ''}")
+        _keep_failed(session, source, parsed, body, rejection_text(error), received_at)
         _count(source.name, "failed")
-        raise ApiError(error.status, error.code, error.message, error.fields) from None
+        raise _rejected(error) from None
     except Exception as error:
-        session.rollback()
-        log.exception("CMP webhook %s: processing inbox item %s failed", source.name, inbox_id)
-        _record_failure(session, inbox_id, f"internal error: {type(error).__name__}: {error}")
+        log.exception("CMP webhook %s: processing a delivery failed; its body is kept as failed", source.name)
+        _keep_failed(session, source, parsed, body, f"internal error: {type(error).__name__}: {error}", received_at)
         _count(source.name, "error")
         raise
+    # Committed by ``hub.web.database`` before the answer leaves: a failed commit answers 503 and the CMP retries.
     _count(source.name, outcome.status)
     return jsonify(outcome.as_dict())

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, literal, null, select, union_all
+from sqlalchemy import String, bindparam, delete, func, insert, literal, null, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -46,6 +46,7 @@ __all__ = [
     "ConsentInputError",
     "ProjectionMismatch",
     "PurposeError",
+    "RecordedConsent",
     "SubjectErased",
     "add_purpose",
     "consent_at",
@@ -101,6 +102,26 @@ class PurposeError(ConsentInputError):
 
 class SubjectErased(Exception):
     """The person was erased; consent for them is not recorded (it would re-create what was erased)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedConsent:
+    """A ledger row ``record_consent`` just wrote, with the values written (the row's columns, by name)."""
+
+    id: int
+    profile_id: str
+    purpose: str
+    status: str
+    collected_at: datetime
+    received_at: datetime
+    source: str
+    source_event_id: str
+    legal_basis: str | None
+    regulation: str | None
+    region: str | None
+    notice_version: str | None
+    expires_at: datetime | None
+    proof: Mapping[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,37 +285,64 @@ def _lock_root(session: Session, profile_id: str, purposes: Iterable[str] = ()) 
     return None, ProfileNotFound(profile_id), known
 
 
-# Statements of the write path built once (constructing them costs more Python than running them).
+# Statements of the write path built once (constructing them costs more Python than running them). They select
+# table columns, not ORM attributes, so the session runs them as plain Core statements: nothing here needs the
+# ORM's result processing, and it costs more than the statements' round trips.
+_PROFILES = Profile.__table__
+_RECORDS = ConsentRecord.__table__
+_STATE = ConsentState.__table__
 _LOCK_PROFILE = (
-    select(Profile.merged_into_id, Profile.erased_at)
-    .where(Profile.id == bindparam("profile_id", type_=String))
-    .with_for_update(of=Profile)
+    select(_PROFILES.c.merged_into_id, _PROFILES.c.erased_at)
+    .where(_PROFILES.c.id == bindparam("profile_id", type_=String))
+    .with_for_update(of=_PROFILES)
 )
 _LOCK_PROFILE_COUNTING = _LOCK_PROFILE.add_columns(
-    select(func.count()).where(Purpose.name.in_(bindparam("names", expanding=True))).scalar_subquery().label("known")
+    select(func.count())
+    .select_from(Purpose.__table__)
+    .where(Purpose.__table__.c.name.in_(bindparam("names", expanding=True)))
+    .scalar_subquery()
+    .label("known")
 )
-_CLUSTER_MEMBERS = select(Profile.id).where(
-    (Profile.id == bindparam("root", type_=String)) | (Profile.merged_into_id == bindparam("root", type_=String))
+_CLUSTER_MEMBERS = select(_PROFILES.c.id).where(
+    (_PROFILES.c.id == bindparam("root", type_=String))
+    | (_PROFILES.c.merged_into_id == bindparam("root", type_=String))
 )
 # The projection branch comes first so its column types decode the result.
 _SEEN_AND_STATE = union_all(
     select(
         literal("state").label("kind"),
-        ConsentState.purpose,
-        ConsentState.status,
-        ConsentState.collected_at,
-        ConsentState.expires_at,
-        ConsentState.record_id,
+        _STATE.c.purpose,
+        _STATE.c.status,
+        _STATE.c.collected_at,
+        _STATE.c.expires_at,
+        _STATE.c.record_id,
     ).where(
-        ConsentState.profile_id == bindparam("root", type_=String),
-        ConsentState.purpose.in_(bindparam("purposes", expanding=True)),
+        _STATE.c.profile_id == bindparam("root", type_=String),
+        _STATE.c.purpose.in_(bindparam("purposes", expanding=True)),
     ),
-    select(literal("seen"), ConsentRecord.purpose, null(), null(), null(), null()).where(
-        ConsentRecord.source == bindparam("source", type_=String),
-        ConsentRecord.source_event_id == bindparam("source_event_id", type_=String),
-        ConsentRecord.profile_id.in_(_CLUSTER_MEMBERS),
+    select(literal("seen"), _RECORDS.c.purpose, null(), null(), null(), null()).where(
+        _RECORDS.c.source == bindparam("source", type_=String),
+        _RECORDS.c.source_event_id == bindparam("source_event_id", type_=String),
+        _RECORDS.c.profile_id.in_(_CLUSTER_MEMBERS),
     ),
 )
+# The ledger rows of one decision in one statement (insertmanyvalues), ids returned in the rows' order.
+_RECORD_COLUMNS = (
+    "profile_id",
+    "purpose",
+    "status",
+    "collected_at",
+    "received_at",
+    "source",
+    "source_event_id",
+    "legal_basis",
+    "regulation",
+    "region",
+    "notice_version",
+    "expires_at",
+    "proof",
+)
+_INSERT_RECORDS = insert(_RECORDS).returning(_RECORDS.c.id, sort_by_parameter_order=True)
 
 
 def record_consent(
@@ -312,7 +360,7 @@ def record_consent(
     expires_at: datetime | None = None,
     proof: Mapping[str, Any] | None = None,
     now: datetime,
-) -> list[ConsentRecord]:
+) -> list[RecordedConsent]:
     """Append one ledger row per purpose for the person ``profile_id`` belongs to and refresh the projection.
 
     Returns the rows inserted now; a purpose already recorded for ``(source, source_event_id)`` in the person's
@@ -346,31 +394,32 @@ def record_consent(
         raise problem
     assert root is not None
     seen, state = _seen_and_state(session, root, source, source_event_id, purposes)
-    records = [
-        ConsentRecord(
-            profile_id=root,
-            purpose=purpose,
-            status=status,
-            collected_at=collected_at,
-            received_at=now,
-            source=source,
-            source_event_id=source_event_id,
-            legal_basis=legal_basis,
-            regulation=regulation,
-            region=region,
-            notice_version=notice_version,
-            expires_at=expires_at,
-            proof=proof,
-        )
+    shared = {
+        "profile_id": root,
+        "collected_at": collected_at,
+        "received_at": now,
+        "source": source,
+        "source_event_id": source_event_id,
+        "legal_basis": legal_basis,
+        "regulation": regulation,
+        "region": region,
+        "notice_version": notice_version,
+        "expires_at": expires_at,
+        "proof": proof,
+    }
+    rows = [
+        {**shared, "purpose": purpose, "status": status}
         for purpose, status in sorted(purposes.items())
         if purpose not in seen
     ]
-    if not records:
+    if not rows:
         return []
     # No savepoint/retry is needed for the unique constraint: the root's row lock makes a concurrent delivery
     # of the same event wait, and its check then sees these rows (READ COMMITTED reads committed rows afresh).
-    session.add_all(records)
-    session.flush()
+    # A Core INSERT answered with plain values rather than the unit of work and ORM objects: the rows are
+    # append-only and nothing else in the session refers to them, so that bookkeeping would be pure cost.
+    ids = session.execute(_INSERT_RECORDS, rows).scalars().all()
+    records = [RecordedConsent(id=record_id, **row) for record_id, row in zip(ids, rows, strict=True)]
     _advance_projection(session, root, records, now, state)
     return records
 
@@ -420,7 +469,11 @@ def records_for_event(session: Session, profile_id: str, source: str, source_eve
 
 
 def _advance_projection(
-    session: Session, profile_id: str, records: list[ConsentRecord], now: datetime, state: dict[str, ConsentFact]
+    session: Session,
+    profile_id: str,
+    records: Sequence[ConsentRecord | RecordedConsent],
+    now: datetime,
+    state: dict[str, ConsentFact],
 ) -> None:
     """Fold new rows into the profile's projection (``state``: its rows for these purposes, read under the root
     lock): each purpose keeps whichever of its current row and the new fact sorts last in force order
@@ -456,7 +509,10 @@ def _advance_projection(
             for _purpose, fact in sorted(changed.items())
         ],
     )
-    # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM).
+    # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM). Building
+    # identity keys is not free, and a session that loaded no objects at all (a webhook's) has nothing to expire.
+    if not session.identity_map:
+        return
     for purpose in changed:
         loaded = session.identity_map.get(session.identity_key(ConsentState, (profile_id, purpose)))
         if loaded is not None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from hub.cmp.auth import sign_hmac
 from hub.cmp.models import CmpInboxItem
@@ -345,6 +345,16 @@ def test_hmac_failures_are_401_and_store_nothing(
     _nothing_stored(db_session)
 
 
+def test_rotated_secret_refuses_the_old_one_at_once(
+    client: FlaskClient, db_session: Session, encryptor: FieldEncryptor, generic: Any
+) -> None:
+    update_source(db_session, encryptor, generic.id, secret="a-brand-new-secret-value", now=utcnow())
+    db_session.flush()
+    assert post_hmac(client, "shop-cmp", generic_body()).status_code == 401
+    _nothing_stored(db_session)
+    assert post_hmac(client, "shop-cmp", generic_body(), secret="a-brand-new-secret-value").status_code == 200
+
+
 def test_hmac_within_tolerance_is_accepted(client: FlaskClient, db_session: Session, generic: Any) -> None:
     assert post_hmac(client, "shop-cmp", generic_body(), t=int(time.time()) - 290).status_code == 200
 
@@ -484,6 +494,69 @@ def test_an_internal_error_keeps_the_inbox_row_failed(
     assert item.status == "failed"
     assert "disk on fire" in item.error
     assert count(db_session, Profile) == 0
+
+
+def test_a_delivery_is_one_unit_of_work(
+    client: FlaskClient,
+    db_session: Session,
+    session_factory: sessionmaker[Session],
+    db_connection: Any,
+    generic: Any,
+) -> None:
+    # A returning subject: the inbox row, the identity lookup, the consent records and the projection are
+    # written by a handful of statements and committed together, once.
+    assert post_hmac(client, "shop-cmp", generic_body(id="evt-1")).status_code == 200
+    statements: list[str] = []
+    commits: list[object] = []
+
+    def commit(session: Session) -> None:
+        commits.append(session)
+
+    def statement(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
+        if not sql.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK")):  # the test harness's nesting
+            statements.append(" ".join(sql.split()[:3]))
+
+    event.listen(db_connection, "before_cursor_execute", statement)
+    event.listen(session_factory, "after_commit", commit)
+    try:
+        later = generic_body(id="evt-2", collected_at="2026-11-28T10:30:00Z")
+        response = post_hmac(client, "shop-cmp", later)
+    finally:
+        event.remove(db_connection, "before_cursor_execute", statement)
+        event.remove(session_factory, "after_commit", commit)
+    assert response.status_code == 200
+    assert response.get_json()["records"] == 2
+    assert len(commits) == 1
+    expected = [
+        "SELECT cmp_sources.id, cmp_sources.name,",  # the source
+        "INSERT INTO cmp_inbox",  # the raw body, written processed, with an earlier copy looked up
+        "SELECT %(param_1)s::VARCHAR AS",  # identity lookup
+        "SELECT profiles.merged_into_id, profiles.erased_at,",  # the person's lock and the purpose catalogue
+        "SELECT %(param_1)s::VARCHAR AS",  # repeats and the projection
+        "INSERT INTO consent_records",
+        "INSERT INTO consent_state",
+    ]
+    if db_session.get_bind().dialect.name == "postgresql":
+        assert statements == expected
+    else:  # SQLite's driver inserts the ledger rows one at a time, and renders parameters as "?"
+        assert [s.split()[0] for s in statements if not s.startswith("INSERT INTO consent_records")] == [
+            e.split()[0] for e in expected if not e.startswith("INSERT INTO consent_records")
+        ]
+    [_first, item] = inbox(db_session)
+    assert (item.status, item.event_key, item.error) == ("processed", "evt-2", None)
+    assert item.processed_at is not None
+    assert verify_projection(db_session) == []
+
+
+def test_notes_are_kept_on_the_inbox_row(client: FlaskClient, db_session: Session, encryptor: FieldEncryptor) -> None:
+    make_source(db_session, encryptor, "didomi", "didomi", "bearer", purpose_map={"cookies": "ad_storage"})
+    response = client.post("/webhooks/cmp/didomi", json=DIDOMI_EVENT, headers=bearer())
+    assert response.status_code == 200, response.get_json()
+    notes = response.get_json()["notes"]
+    assert any("ignored vendor:google" in note for note in notes)
+    [item] = inbox(db_session)
+    assert item.status == "processed"
+    assert item.error == "; ".join(notes)
 
 
 # -- replays and ordering ------------------------------------------------------------------------------------
