@@ -35,6 +35,8 @@ stalled worker cannot overwrite the newer outcome of the worker that took over.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import random
@@ -47,12 +49,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import Row, bindparam, or_, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Row,
+    Text,
+    Update,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.config import Settings
 from hub.consent.policy import ConsentLedger
-from hub.db import session_scope, utcnow
+from hub.db import UTCDateTime, session_scope, utcnow
 from hub.delivery.assemble import PersonIdentifiers, capi_input, ldu_from_decision, merge_identifiers
 from hub.delivery.backoff import give_up_at, next_delay
 from hub.delivery.client import CapiClient, CapiResponse
@@ -374,7 +393,7 @@ def _claim_and_prepare(
                 groups.setdefault(destination.id, []).append(
                     _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
                 )
-        _write_changes(session, changes)
+        _write_changes(session, changes, context.dialect)
         for (outcome, reason), count in decisions.items():
             context.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
         if missing_destination:
@@ -382,15 +401,63 @@ def _claim_and_prepare(
     return groups, targets
 
 
-def _write_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
-    """One executemany UPDATE per set of changed columns (a batch has a handful: sent, blocked, waiting...)."""
+def _write_changes(session: Session, changes: Sequence[dict[str, Any]], dialect: str) -> None:
+    """One UPDATE per set of changed columns (a batch has a handful: sent, blocked, waiting...).
+
+    PostgreSQL gets the rows as one JSON document joined to the events by ``json_populate_recordset``: one
+    parameter and one statement to parse, plan and run instead of one per event. SQLite runs an executemany UPDATE
+    (no round trips there).
+    """
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
         by_columns.setdefault(tuple(sorted(change)), []).append(change)
     for columns, rows in by_columns.items():
+        if dialect == "postgresql" and not any(
+            row[name] is None for name in _JSON_COLUMNS.intersection(columns) for row in rows
+        ):
+            session.execute(_update_from_json(columns), {"rows": _rows_json(columns, rows)})
+            continue
         values = {name: bindparam(f"v_{name}", type_=_events.c[name].type) for name in columns if name != "id"}
         params = [{f"v_{name}": value for name, value in row.items()} for row in rows]
         session.execute(update(_events).where(_events.c.id == bindparam("v_id")).values(values), params)
+
+
+# A JSON column set to None is stored as JSON null by SQLAlchemy but would become SQL NULL through a record:
+# such rows take the executemany path.
+_JSON_COLUMNS = frozenset(name for name, col in _events.c.items() if isinstance(col.type, JSON))
+_DATETIME_COLUMNS = frozenset(name for name, col in _events.c.items() if isinstance(col.type, UTCDateTime))
+_PG_DIALECT = postgresql.dialect()
+
+
+def _rows_json(columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a JSON array; datetimes as ISO 8601 with their UTC offset (exact to the microsecond)."""
+    times = _DATETIME_COLUMNS.intersection(columns)
+    if times:
+        bind = UTCDateTime().process_bind_param  # the column type's own check: aware datetimes only
+        rows = [
+            {**row, **{name: bind(row[name], _PG_DIALECT).isoformat() for name in times if row[name] is not None}}
+            for row in rows
+        ]
+    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, check_circular=False)
+
+
+@functools.cache
+def _update_from_json(columns: tuple[str, ...]) -> Update:
+    """``UPDATE events SET c = v.c, ... FROM json_populate_recordset(NULL::events, :rows) AS v WHERE
+    events.id = v.id``: each JSON value is converted to its column's type by PostgreSQL itself."""
+    rows = func.json_populate_recordset(
+        literal_column("NULL::events"), cast(bindparam("rows", type_=Text), JSON)
+    ).table_valued(*(column(name, _events.c[name].type) for name in columns))
+    v = rows.alias("v")
+    return update(_events).where(_events.c.id == v.c.id).values({name: v.c[name] for name in columns if name != "id"})
+
+
+def _ids_match(ids: Sequence[int], dialect: str) -> ColumnElement[bool]:
+    """``events.id`` is one of ``ids``: ``= ANY(array)`` on PostgreSQL, a single parameter however many ids
+    (an IN list of a thousand placeholders costs the driver more to parse than the database to run)."""
+    if dialect == "postgresql":
+        return _events.c.id == any_(bindparam("ids", list(ids), type_=postgresql.ARRAY(BigInteger)))
+    return _events.c.id.in_(ids)
 
 
 def _target(context: DeliveryContext, destination: Destination) -> _Target | None:
@@ -638,7 +705,7 @@ def _record(
         if action == "sent":
             result = session.execute(
                 update(_events)
-                .where(_events.c.id.in_(ids), held)
+                .where(_ids_match(ids, context.dialect), held)
                 .values(
                     status="sent",
                     sent_at=now,
@@ -656,7 +723,7 @@ def _record(
             pause_destination(session, target.id, pause_reason or "authentication failed", now=now)
             session.execute(
                 update(_events)
-                .where(_events.c.id.in_(ids), held)
+                .where(_ids_match(ids, context.dialect), held)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
@@ -735,9 +802,9 @@ def _renew_leases(context: DeliveryContext, chunk: list[_Outgoing], now: datetim
     ids = [o.id for o in chunk]
     expires = max(now, utcnow()) + timedelta(seconds=context.options.lease_seconds)
     with session_scope(context.sessionmaker) as session:
-        mine = (_events.c.id.in_(ids), _events.c.lease_owner == owner)
+        mine = (_ids_match(ids, context.dialect), _events.c.lease_owner == owner)
         session.execute(update(_events).where(*mine).values(lease_expires_at=expires))
-        held = set(session.scalars(select(Event.id).where(Event.id.in_(ids), Event.lease_owner == owner)))
+        held = set(session.scalars(select(_events.c.id).where(*mine)))
     return [o for o in chunk if o.id in held]
 
 
@@ -749,7 +816,7 @@ def _release(context: DeliveryContext, chunk: Sequence[_Outgoing], *, next_attem
     with session_scope(context.sessionmaker) as session:
         session.execute(
             update(_events)
-            .where(_events.c.id.in_([o.id for o in chunk]), _events.c.lease_owner == context.worker_id)
+            .where(_ids_match([o.id for o in chunk], context.dialect), _events.c.lease_owner == context.worker_id)
             .values(**values)
         )
 

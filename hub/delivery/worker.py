@@ -9,6 +9,7 @@ SIGTERM/SIGINT (``hub worker``) or ``stop()`` end the loop after the batch in fl
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import signal
 import threading
@@ -25,6 +26,17 @@ log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL = timedelta(days=1)
 MAX_ERROR_PAUSE = 30.0
+
+
+def freeze_startup_heap() -> None:
+    """For a process that only runs the scheduler (``hub worker``): move everything alive after start-up (modules,
+    the app, SQLAlchemy's metadata) out of the cyclic garbage collector's view.
+
+    A batch allocates enough objects to trigger full collections, and each one would walk that whole static heap
+    again (measured: 10-15% of the worker's CPU time). Objects allocated later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Worker:
