@@ -576,7 +576,8 @@ _PG_DIALECT = postgresql.dialect()
 
 
 def _rows_json(columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a JSON array; datetimes as ISO 8601 with their UTC offset (exact to the microsecond)."""
+    """The rows as a JSON array, escaped to ASCII like SQLAlchemy's own JSON parameters; datetimes as ISO 8601 with
+    their UTC offset (exact to the microsecond)."""
     times = _DATETIME_COLUMNS.intersection(columns)
     if times:
         bind = UTCDateTime().process_bind_param  # the column type's own check: aware datetimes only
@@ -584,7 +585,7 @@ def _rows_json(columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
             {**row, **{name: bind(row[name], _PG_DIALECT).isoformat() for name in times if row[name] is not None}}
             for row in rows
         ]
-    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, check_circular=False)
+    return json.dumps(rows, separators=(",", ":"), check_circular=False)
 
 
 @functools.cache
