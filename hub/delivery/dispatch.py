@@ -288,7 +288,10 @@ class Dispatcher:
             try:
                 batch = _claim(context, session, now, size)
                 if batch.summary.claimed and not self._previous_done(PREPARED_WAIT):
-                    session.rollback()  # the previous request is slow: let go of the rows, take them again later
+                    log.info(
+                        "the previous batch is still in flight after %.0f s: claim taken again later", PREPARED_WAIT
+                    )
+                    session.rollback()  # let go of the rows, take them again after that batch
                     self.drain()
                     continue
                 self.drain()  # the previous batch is sent and recorded (or its error is raised here)
@@ -407,20 +410,65 @@ _CLAIMED_COLUMNS = tuple(
 )
 
 
-def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) -> Any:
-    # Core rows, not ORM entities: the batch's changes are written back in a few executemany UPDATEs.
-    query = select(*_CLAIMED_COLUMNS).where(
+def _due(now: datetime, paused: Sequence[int]) -> list[ColumnElement[bool]]:
+    conditions = [
         _events.c.status.in_(DUE_STATUSES),
         _events.c.next_attempt_at <= now,
         or_(_events.c.lease_expires_at.is_(None), _events.c.lease_expires_at <= now),
-    )
+    ]
     if paused:
-        query = query.where(or_(_events.c.destination_id.is_(None), _events.c.destination_id.not_in(paused)))
+        conditions.append(or_(_events.c.destination_id.is_(None), _events.c.destination_id.not_in(paused)))
+    return conditions
+
+
+def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) -> Any:
+    # Core rows, not ORM entities: the batch's changes are written back in a few UPDATEs.
+    query = select(*_CLAIMED_COLUMNS).where(*_due(now, paused))
     query = query.order_by(_events.c.next_attempt_at, _events.c.id).limit(size)
     if dialect == "postgresql":
         # Several workers share the queue: each takes rows nobody else has locked (DESIGN §4.6).
         query = query.with_for_update(skip_locked=True, of=_events)
     return query
+
+
+def _select_due(session: Session, now: datetime, paused: Sequence[int], size: int, dialect: str) -> list[Row[Any]]:
+    """The due events of a claim, locked by the caller's transaction.
+
+    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` also keeps a lock on a row it does not return: one that another
+    worker's claim committed while this statement ran (PostgreSQL locks the row, re-checks the conditions, and
+    skips it). That worker's own outcome UPDATE then waits until this transaction ends, and a prepared claim only
+    ends after this worker's previous request: two workers can wait on each other (``PREPARED_WAIT`` breaks it).
+    So the select runs in a savepoint that is rolled back, releasing every lock it took, and exactly the rows it
+    returned are locked again by id (those another worker took in between are left to it, and the rest of the
+    batch is selected again).
+    """
+    if dialect != "postgresql":
+        return list(session.execute(_claim_query(now, paused, size, dialect)))
+    events: list[Row[Any]] = []
+    for _ in range(CLAIM_ROUNDS):
+        query = _claim_query(now, paused, size - len(events), dialect)
+        if events:  # rows this transaction holds are not locked to itself
+            query = query.where(~(_events.c.id == any_(bindparam("have", [e.id for e in events], type_=_BIGINT_ARRAY))))
+        savepoint = session.begin_nested()
+        found = list(session.execute(query))
+        savepoint.rollback()
+        if not found:
+            break
+        locked = set(
+            session.scalars(
+                select(_events.c.id)
+                .where(_ids_match([e.id for e in found], dialect), *_due(now, paused))
+                .with_for_update(skip_locked=True, of=_events)
+            )
+        )
+        events.extend(event for event in found if event.id in locked)
+        if len(locked) == len(found):
+            break  # nothing was lost to another worker: this is all there is (or all that was asked)
+    return events
+
+
+# A claim that loses rows to another worker between its select and its lock selects again for the rest, a few times.
+CLAIM_ROUNDS = 4
 
 
 def _claim(context: DeliveryContext, session: Session, now: datetime, size: int) -> _Batch:
@@ -429,7 +477,7 @@ def _claim(context: DeliveryContext, session: Session, now: datetime, size: int)
     summary, changes, groups, targets = batch.summary, batch.changes, batch.groups, batch.targets
     destinations = {d.id: d for d in session.scalars(select(Destination))}
     paused = [d.id for d in destinations.values() if d.status == "paused"]
-    events = session.execute(_claim_query(now, paused, size, context.dialect)).all()
+    events = _select_due(session, now, paused, size, context.dialect)
     summary.claimed = len(events)
     if not events:
         return batch
@@ -573,6 +621,7 @@ def _write_changes(session: Session, changes: Sequence[dict[str, Any]], dialect:
 _JSON_COLUMNS = frozenset(name for name, col in _events.c.items() if isinstance(col.type, JSON))
 _DATETIME_COLUMNS = frozenset(name for name, col in _events.c.items() if isinstance(col.type, UTCDateTime))
 _PG_DIALECT = postgresql.dialect()
+_BIGINT_ARRAY = postgresql.ARRAY(BigInteger)
 
 
 def _rows_json(columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
@@ -603,7 +652,7 @@ def _ids_match(ids: Sequence[int], dialect: str) -> ColumnElement[bool]:
     """``events.id`` is one of ``ids``: ``= ANY(array)`` on PostgreSQL, a single parameter however many ids
     (an IN list of a thousand placeholders costs the driver more to parse than the database to run)."""
     if dialect == "postgresql":
-        return _events.c.id == any_(bindparam("ids", list(ids), type_=postgresql.ARRAY(BigInteger)))
+        return _events.c.id == any_(bindparam("ids", list(ids), type_=_BIGINT_ARRAY))
     return _events.c.id.in_(ids)
 
 
