@@ -323,13 +323,10 @@ def _free_port() -> int:
 
 
 def _seed_backlog(url: str, key: str, count: int) -> None:
-    from sqlalchemy import insert
-
     from hub.config import Settings
     from hub.db import create_db_engine, make_sessionmaker, session_scope
     from hub.delivery.destinations import create_destination
     from hub.encryption import FieldEncryptor
-    from hub.events.models import Event
     from hub.mappings.services import create_mapping
 
     encryptor = FieldEncryptor([key])
@@ -360,12 +357,16 @@ def _seed_backlog(url: str, key: str, count: int) -> None:
         )
     now = datetime.now(UTC)
     rng = random.Random(7)
-    chunk = 5000
     started = time.perf_counter()
+    # COPY, not INSERTs: a million-event backlog is seeded in a fraction of the time.
+    columns = (
+        "event_id, source_event, occurred_at, received_at, action_source, source_url, user_data_encrypted, region, "
+        "suppressed, properties, status, attempts, next_attempt_at, unknown_outcome_resends"
+    )
     with engine.begin() as conn:
-        for first in range(0, count, chunk):
-            rows = []
-            for i in range(first, min(count, first + chunk)):
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+            for i in range(count):
                 hashes = {"em": _sha(f"person{i}@example.com"), "external_id": _sha(f"crm-{i}")}
                 if i % 3 == 0:
                     hashes["ph"] = _sha(f"1650555{i % 10000:04d}")
@@ -374,30 +375,30 @@ def _seed_backlog(url: str, key: str, count: int) -> None:
                     "client_user_agent": USER_AGENTS[i % len(USER_AGENTS)],
                     "fbp": f"fb.1.{1764300000000 + i}.{rng.randrange(10**9, 10**10)}",
                 }
-                rows.append(
-                    {
-                        "event_id": f"bench-{i}",
-                        "source_event": "order_completed",
-                        "occurred_at": now - timedelta(minutes=30, seconds=i % 600),
-                        "received_at": now - timedelta(minutes=20),
-                        "action_source": "website",
-                        "source_url": f"https://shop.example/thanks?o={i}",
-                        "user_data_encrypted": encryptor.encrypt_json({"hashes": hashes, "browser": browser}),
-                        "region": "US",
-                        "suppressed": False,
-                        "properties": {
-                            "total": round(rng.uniform(5, 500), 2),
-                            "currency": "USD",
-                            "order_id": f"o-{i}",
-                            "items": [{"sku": f"SKU-{i % 97}"}, {"sku": f"SKU-{i % 89}"}],
-                        },
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now - timedelta(minutes=18),
-                        "unknown_outcome_resends": 0,
-                    }
+                properties = {
+                    "total": round(rng.uniform(5, 500), 2),
+                    "currency": "USD",
+                    "order_id": f"o-{i}",
+                    "items": [{"sku": f"SKU-{i % 97}"}, {"sku": f"SKU-{i % 89}"}],
+                }
+                copy.write_row(
+                    (
+                        f"bench-{i}",
+                        "order_completed",
+                        now - timedelta(minutes=30, seconds=i % 600),
+                        now - timedelta(minutes=20),
+                        "website",
+                        f"https://shop.example/thanks?o={i}",
+                        encryptor.encrypt_json({"hashes": hashes, "browser": browser}),
+                        "US",
+                        False,
+                        json.dumps(properties),
+                        "pending",
+                        0,
+                        now - timedelta(minutes=18),
+                        0,
+                    )
                 )
-            conn.execute(insert(Event), rows)
     engine.dispose()
     print(f"  seeded {count:,} events in {time.perf_counter() - started:.1f} s")
 

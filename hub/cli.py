@@ -537,10 +537,11 @@ def _worker_app() -> Flask:
 def worker(once: bool) -> None:
     """Run the scheduler: dispatch, retries and retention."""
     from hub.delivery.dispatch import delivery_context
-    from hub.delivery.worker import Worker
+    from hub.delivery.worker import Worker, freeze_startup_heap
 
     app = _worker_app()
     loop = Worker(delivery_context(app))
+    freeze_startup_heap()
     if once:
         try:
             summary = loop.run_until_idle()

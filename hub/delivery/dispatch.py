@@ -1,6 +1,7 @@
 """The scheduler's dispatch: claim due events, decide them again, send them to Meta, record what happened.
 
-One batch (``dispatch_batch``) is three kinds of short transactions and never holds one open across HTTP:
+One batch (``Dispatcher.dispatch``) is three kinds of short transactions; none of them holds rows of the batch
+it sends open across that batch's HTTP request:
 
 1. **claim + prepare** (one transaction): select due events — ``pending``/``retrying``, ``next_attempt_at <= now``,
    no live lease, not routed to a paused destination — oldest first, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
@@ -9,7 +10,8 @@ One batch (``dispatch_batch``) is three kinds of short transactions and never ho
    grace period → ``wait``; consent withdrawn → ``blocked``),
    mapped, its identifiers assembled and its CAPI event built; what Meta would reject is blocked with the
    reason (``payload_rejected:<code>``). Events to send get a lease (``lease_owner``, ``lease_expires_at``) and
-   the transaction commits *before* anything is sent.
+   the transaction commits *before* anything is sent. On PostgreSQL the next batch's claim is prepared while the
+   previous request is in flight and commits once that request is recorded (see ``Dispatcher``).
 2. **send**: per destination, at most 1,000 events per request, with the worker's ``requests.Session``.
 3. **record** (one transaction per request): a ``delivery_attempts`` row and the events' outcome, only for
    events whose lease this worker still holds.
@@ -35,24 +37,45 @@ stalled worker cannot overwrite the newer outcome of the worker that took over.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import random
 import socket
+import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import Row, bindparam, or_, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Row,
+    Text,
+    Update,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.config import Settings
 from hub.consent.policy import ConsentLedger
-from hub.db import session_scope, utcnow
+from hub.db import UTCDateTime, session_scope, utcnow
 from hub.delivery.assemble import PersonIdentifiers, capi_input, ldu_from_decision, merge_identifiers
 from hub.delivery.backoff import give_up_at, next_delay
 from hub.delivery.client import CapiClient, CapiResponse
@@ -122,8 +145,13 @@ class DeliveryContext:
     rng: random.Random = field(default_factory=random.Random)
     # destination id → moment before which nothing is sent there (after Meta throttled us).
     throttled_until: dict[int, datetime] = field(default_factory=dict)
-    # destinations paused by an answer during the current batch (their remaining chunks are not sent).
+    # Destinations paused by an answer during the current batch and during the batch before it (the current batch
+    # may have been claimed while that answer was awaited): their events are released, not sent.
     paused_now: set[int] = field(default_factory=set)
+    paused_before: set[int] = field(default_factory=set)
+
+    def is_paused(self, destination_id: int) -> bool:
+        return destination_id in self.paused_now or destination_id in self.paused_before
 
     def close(self) -> None:
         self.client.close()
@@ -164,16 +192,20 @@ def run_once(
     else:
         context, owned = delivery_context(app_or_context), True
     total = RunSummary()
+    dispatcher = Dispatcher(context, on_done=total.add)
     try:
-        while limit is None or total.claimed < limit:
+        claimed = 0
+        while limit is None or claimed < limit:
             size = context.options.batch_size
             if limit is not None:
-                size = min(size, limit - total.claimed)
-            summary = dispatch_batch(context, now=now or utcnow(), size=size)
-            total.add(summary)
-            if summary.claimed < size:
+                size = min(size, limit - claimed)
+            count = dispatcher.dispatch(now=now or utcnow(), size=size)
+            claimed += count
+            if count < size:
                 break
+        dispatcher.drain()
     finally:
+        dispatcher.close()
         if owned:
             context.close()
     return total
@@ -201,16 +233,144 @@ class _Outgoing:
     payload: dict[str, Any]
 
 
-def dispatch_batch(context: DeliveryContext, *, now: datetime, size: int | None = None) -> RunSummary:
-    """Claim up to ``size`` due events, send what may be sent, record the outcomes."""
-    summary = RunSummary()
-    groups, targets = _claim_and_prepare(context, now, size or context.options.batch_size, summary)
-    for destination_id, outgoing in groups.items():
-        target = targets[destination_id]
+@dataclass
+class _Batch:
+    """Claimed events, decided and built; what changes for each is written when the claim commits."""
+
+    now: datetime
+    summary: RunSummary
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    groups: dict[int, list[_Outgoing]] = field(default_factory=dict)
+    targets: dict[int, _Target] = field(default_factory=dict)
+    # Counted once the claim is committed (a claim that is rolled back and taken again must not count twice).
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    no_token: set[int] = field(default_factory=set)  # destinations to pause: no access token is set
+    missing_destination: int = 0
+
+
+class Dispatcher:
+    """Dispatches batch after batch for one worker.
+
+    On PostgreSQL the next batch is claimed, decided and built while the previous batch's request is in flight
+    (the worker's CPU work overlaps the wait for Meta and the database). Its claim transaction stays open, holding
+    the events' row locks (other workers skip them), and commits — writing the decisions and leases — only after the
+    previous batch is sent and recorded, right before its own request: an event is leased only once it is about to
+    be sent, so a crash never leaves a claimed-but-unsent batch whose resend would count as an unknown outcome.
+    If the previous batch takes longer than ``PREPARED_WAIT``, the prepared claim is rolled back (nothing of it was
+    written) and taken again afterwards, so row locks are never held for long and decisions stay fresh.
+
+    The claim transaction then belongs to the sending thread: it writes, commits, sends and records; the claiming
+    thread never touches a batch again once it has handed it over. SQLite (one worker, one writer) claims, sends
+    and records one batch after the other.
+    """
+
+    def __init__(self, context: DeliveryContext, *, on_done: Callable[[RunSummary], None] | None = None) -> None:
+        self.context = context
+        self.on_done = on_done
+        self.pipelined = context.dialect == "postgresql"
+        self._in_flight: Future[RunSummary] | None = None
+
+    def dispatch(self, *, now: datetime, size: int | None = None) -> int:
+        """Claim up to ``size`` due events and send them (on PostgreSQL: hand them to the sending thread);
+        returns how many were claimed."""
+        context = self.context
+        size = size or context.options.batch_size
+        if not self.pipelined:
+            with session_scope(context.sessionmaker) as session:
+                batch = _claim(context, session, now, size)
+                _write_claim(context, session, batch)
+            _claimed(context, batch)
+            self._done(_send(context, batch))
+            return batch.summary.claimed
+        while True:
+            session = context.sessionmaker()
+            handed_over = False
+            try:
+                batch = _claim(context, session, now, size)
+                if batch.summary.claimed and not self._previous_done(PREPARED_WAIT):
+                    log.info(
+                        "the previous batch is still in flight after %.0f s: claim taken again later", PREPARED_WAIT
+                    )
+                    session.rollback()  # let go of the rows, take them again after that batch
+                    self.drain()
+                    continue
+                self.drain()  # the previous batch is sent and recorded (or its error is raised here)
+                if not batch.summary.claimed:
+                    session.commit()
+                    return 0
+                self._in_flight = _in_thread(_commit_and_send, context, session, batch)
+                handed_over = True
+                return batch.summary.claimed
+            finally:
+                if not handed_over:
+                    session.close()  # rolls back whatever was not committed: nothing of this claim was written
+
+    def _previous_done(self, timeout: float) -> bool:
+        if self._in_flight is None:
+            return True
+        return not wait([self._in_flight], timeout=timeout).not_done
+
+    def drain(self) -> None:
+        """Wait for the batch in flight; raises what went wrong with it."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._done(in_flight.result())
+
+    def _done(self, summary: RunSummary) -> None:
+        if self.on_done is not None:
+            self.on_done(summary)
+
+    def close(self) -> None:
+        """Finish the batch in flight (its errors are logged: the caller is already leaving)."""
+        try:
+            self.drain()
+        except Exception:
+            log.exception("the last batch failed")
+
+
+def _in_thread(function: Callable[..., RunSummary], *args: Any) -> Future[RunSummary]:
+    """Run ``function`` in a new daemon thread (one per batch, one at a time). A daemon thread, unlike an executor's,
+    never holds up interpreter exit: a batch cut short there is a crash like any other (its leases expire)."""
+    future: Future[RunSummary] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="hub-sender", daemon=True).start()
+    return future
+
+
+# How long a prepared claim (rows locked, nothing written) waits for the previous batch before it is rolled back.
+PREPARED_WAIT = 5.0
+
+
+def _commit_and_send(context: DeliveryContext, session: Session, batch: _Batch) -> RunSummary:
+    """In the sending thread: write and commit the claim prepared by the claiming thread, then send it."""
+    try:
+        _write_claim(context, session, batch)
+        session.commit()
+    finally:
+        session.close()
+    _claimed(context, batch)
+    return _send(context, batch)
+
+
+def _send(context: DeliveryContext, batch: _Batch) -> RunSummary:
+    """Send a committed claim, chunk by chunk, and record the outcomes."""
+    now, summary = batch.now, batch.summary
+    # A destination paused by an answer to the previous batch may have been claimed before that answer came.
+    context.paused_before, context.paused_now = context.paused_now, set()
+    for destination_id, outgoing in batch.groups.items():
+        target = batch.targets[destination_id]
         for start in range(0, len(outgoing), MAX_EVENTS_PER_REQUEST):
             chunk = outgoing[start : start + MAX_EVENTS_PER_REQUEST]
             held_until = context.throttled_until.get(destination_id)
-            if target.id in context.paused_now:
+            if context.is_paused(target.id):
                 _release(context, chunk, next_attempt_at=None)
                 summary.held += len(chunk)
                 continue
@@ -220,7 +380,6 @@ def dispatch_batch(context: DeliveryContext, *, now: datetime, size: int | None 
                 continue
             _deliver(context, target, chunk, now, summary, renew=False)
     context.throttled_until = {k: v for k, v in context.throttled_until.items() if v > now}
-    context.paused_now.clear()
     return summary
 
 
@@ -251,15 +410,20 @@ _CLAIMED_COLUMNS = tuple(
 )
 
 
-def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) -> Any:
-    # Core rows, not ORM entities: the batch's changes are written back in a few executemany UPDATEs.
-    query = select(*_CLAIMED_COLUMNS).where(
+def _due(now: datetime, paused: Sequence[int]) -> list[ColumnElement[bool]]:
+    conditions = [
         _events.c.status.in_(DUE_STATUSES),
         _events.c.next_attempt_at <= now,
         or_(_events.c.lease_expires_at.is_(None), _events.c.lease_expires_at <= now),
-    )
+    ]
     if paused:
-        query = query.where(or_(_events.c.destination_id.is_(None), _events.c.destination_id.not_in(paused)))
+        conditions.append(or_(_events.c.destination_id.is_(None), _events.c.destination_id.not_in(paused)))
+    return conditions
+
+
+def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) -> Any:
+    # Core rows, not ORM entities: the batch's changes are written back in a few UPDATEs.
+    query = select(*_CLAIMED_COLUMNS).where(*_due(now, paused))
     query = query.order_by(_events.c.next_attempt_at, _events.c.id).limit(size)
     if dialect == "postgresql":
         # Several workers share the queue: each takes rows nobody else has locked (DESIGN §4.6).
@@ -267,130 +431,229 @@ def _claim_query(now: datetime, paused: Sequence[int], size: int, dialect: str) 
     return query
 
 
-def _claim_and_prepare(
-    context: DeliveryContext, now: datetime, size: int, summary: RunSummary
-) -> tuple[dict[int, list[_Outgoing]], dict[int, _Target]]:
-    groups: dict[int, list[_Outgoing]] = {}
-    targets: dict[int, _Target] = {}
-    with session_scope(context.sessionmaker) as session:
-        destinations = {d.id: d for d in session.scalars(select(Destination))}
-        paused = [d.id for d in destinations.values() if d.status == "paused"]
-        events = session.execute(_claim_query(now, paused, size, context.dialect)).all()
-        summary.claimed = len(events)
-        if not events:
-            return groups, targets
-        # Loaded once per batch: rules and mappings do not change within a batch; each region's rule is selected once.
-        rules = RuleTable(load_rules(session))
-        mappings = load_mapping_definitions(session)
-        mapping_destinations = {
-            row.id: row.destination_id for row in session.execute(select(EventMapping.id, EventMapping.destination_id))
-        }
-        default = next((d for d in destinations.values() if d.is_default), None)
-        profile_ids = {e.profile_id for e in events if e.profile_id}
-        consent = load_people_consent(session, profile_ids)
-        people = _people(session, context.encryptor, profile_ids)
-        grace = timedelta(seconds=context.settings.consent_grace_seconds)
-        lease_expires_at = now + timedelta(seconds=context.options.lease_seconds)
-        decisions: Counter[tuple[str, str]] = Counter()
-        changes: list[dict[str, Any]] = []
-        missing_destination = 0
-        # Nothing is written per event: every event's changed columns are collected and written at the end, rows
-        # with the same changed columns in one executemany UPDATE (the rows are locked by the claim).
-        with session.no_autoflush:
-            for event in events:
-                stale_lease = event.lease_owner is not None
-                change: dict[str, Any] = {"id": event.id, "lease_owner": None, "lease_expires_at": None}
-                changes.append(change)
-                person = consent.get(event.profile_id) if event.profile_id is not None else None
-                facts = EventFacts(
-                    event_id=event.event_id,
-                    source_event=event.source_event,
-                    occurred_at=event.occurred_at,
+def _select_due(session: Session, now: datetime, paused: Sequence[int], size: int, dialect: str) -> list[Row[Any]]:
+    """The due events of a claim, locked by the caller's transaction.
+
+    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` also keeps a lock on a row it does not return: one that another
+    worker's claim committed while this statement ran (PostgreSQL locks the row, re-checks the conditions, and
+    skips it). That worker's own outcome UPDATE then waits until this transaction ends, and a prepared claim only
+    ends after this worker's previous request: two workers can wait on each other (``PREPARED_WAIT`` breaks it).
+    So the select runs in a savepoint that is rolled back, releasing every lock it took, and exactly the rows it
+    returned are locked again by id (those another worker took in between are left to it, and the rest of the
+    batch is selected again).
+    """
+    if dialect != "postgresql":
+        return list(session.execute(_claim_query(now, paused, size, dialect)))
+    events: list[Row[Any]] = []
+    for _ in range(CLAIM_ROUNDS):
+        query = _claim_query(now, paused, size - len(events), dialect)
+        if events:  # rows this transaction holds are not locked to itself
+            query = query.where(~(_events.c.id == any_(bindparam("have", [e.id for e in events], type_=_BIGINT_ARRAY))))
+        savepoint = session.begin_nested()
+        found = list(session.execute(query))
+        savepoint.rollback()
+        if not found:
+            break
+        locked = set(
+            session.scalars(
+                select(_events.c.id)
+                .where(_ids_match([e.id for e in found], dialect), *_due(now, paused))
+                .with_for_update(skip_locked=True, of=_events)
+            )
+        )
+        events.extend(event for event in found if event.id in locked)
+        if len(locked) == len(found):
+            break  # nothing was lost to another worker: this is all there is (or all that was asked)
+    return events
+
+
+# A claim that loses rows to another worker between its select and its lock selects again for the rest, a few times.
+CLAIM_ROUNDS = 4
+
+
+def _claim(context: DeliveryContext, session: Session, now: datetime, size: int) -> _Batch:
+    """Select and lock due events (in the caller's transaction), decide and build them; nothing is written yet."""
+    batch = _Batch(now=now, summary=RunSummary())
+    summary, changes, groups, targets = batch.summary, batch.changes, batch.groups, batch.targets
+    destinations = {d.id: d for d in session.scalars(select(Destination))}
+    paused = [d.id for d in destinations.values() if d.status == "paused"]
+    events = _select_due(session, now, paused, size, context.dialect)
+    summary.claimed = len(events)
+    if not events:
+        return batch
+    # Loaded once per batch: rules and mappings do not change within a batch; each region's rule is selected once.
+    rules = RuleTable(load_rules(session))
+    mappings = load_mapping_definitions(session)
+    mapping_destinations = {
+        row.id: row.destination_id for row in session.execute(select(EventMapping.id, EventMapping.destination_id))
+    }
+    default = next((d for d in destinations.values() if d.is_default), None)
+    profile_ids = {e.profile_id for e in events if e.profile_id}
+    consent = load_people_consent(session, profile_ids)
+    people = _people(session, context.encryptor, profile_ids)
+    grace = timedelta(seconds=context.settings.consent_grace_seconds)
+    # Nothing is written per event: every event's changed columns are collected and written when the claim is,
+    # rows with the same changed columns in one UPDATE (the rows are locked by the claim).
+    with session.no_autoflush:
+        for event in events:
+            stale_lease = event.lease_owner is not None
+            change: dict[str, Any] = {"id": event.id, "lease_owner": None, "lease_expires_at": None}
+            changes.append(change)
+            person = consent.get(event.profile_id) if event.profile_id is not None else None
+            facts = EventFacts(
+                event_id=event.event_id,
+                source_event=event.source_event,
+                occurred_at=event.occurred_at,
+                received_at=event.received_at,
+                region=event.region,
+                profile_region=person.region if person is not None else None,
+                gpc=event.gpc,
+                suppressed=bool(event.suppressed),
+            )
+            decision = decide(facts, person.ledger if person else _NO_CONSENT, rules, mappings, now, grace)
+            batch.decisions[(decision.outcome, decision.reason_code)] += 1
+            change.update(
+                decision_changes(
+                    decision,
                     received_at=event.received_at,
-                    region=event.region,
-                    profile_region=person.region if person is not None else None,
-                    gpc=event.gpc,
-                    suppressed=bool(event.suppressed),
+                    now=now,
+                    grace=grace,
+                    mapping_destination=mapping_destinations.get,
                 )
-                decision = decide(facts, person.ledger if person else _NO_CONSENT, rules, mappings, now, grace)
-                decisions[(decision.outcome, decision.reason_code)] += 1
-                change.update(
-                    decision_changes(
-                        decision,
-                        received_at=event.received_at,
-                        now=now,
-                        grace=grace,
-                        mapping_destination=mapping_destinations.get,
-                    )
-                )
-                if decision.outcome == "wait":
-                    summary.waiting += 1
-                    continue
-                if decision.outcome == "block":
-                    summary.blocked += 1
-                    continue
-                destination_id = change.get("destination_id", event.destination_id)
-                destination = destinations.get(destination_id) if destination_id is not None else default
-                if destination is None:
-                    # Not routable: nothing configured yet. Kept (not lost) and looked at again shortly.
-                    change["next_attempt_at"] = now + NO_DESTINATION_RETRY
-                    change["last_error"] = {
-                        "reason": "no_destination",
-                        "message": "no destination is configured for this event (add one with `hub destination add`)",
-                        "at": _iso(now),
-                    }
-                    missing_destination += 1
+            )
+            if decision.outcome == "wait":
+                summary.waiting += 1
+                continue
+            if decision.outcome == "block":
+                summary.blocked += 1
+                continue
+            destination_id = change.get("destination_id", event.destination_id)
+            destination = destinations.get(destination_id) if destination_id is not None else default
+            if destination is None:
+                # Not routable: nothing configured yet. Kept (not lost) and looked at again shortly.
+                change["next_attempt_at"] = now + NO_DESTINATION_RETRY
+                change["last_error"] = {
+                    "reason": "no_destination",
+                    "message": "no destination is configured for this event (add one with `hub destination add`)",
+                    "at": _iso(now),
+                }
+                batch.missing_destination += 1
+                summary.held += 1
+                continue
+            change["destination_id"] = destination.id
+            if destination.status == "paused" or destination.id in batch.no_token:
+                summary.held += 1
+                continue
+            held_until = context.throttled_until.get(destination.id)
+            if held_until is not None and held_until > now:
+                change["next_attempt_at"] = held_until
+                summary.held += 1
+                continue
+            payload = _build(context, event, change, mappings, people, batch)
+            if payload is None:
+                continue
+            if destination.id not in targets:
+                target = _target(context, destination)
+                if target is None:
+                    batch.no_token.add(destination.id)  # paused when the claim is written
                     summary.held += 1
                     continue
-                change["destination_id"] = destination.id
-                if destination.status == "paused":
-                    summary.held += 1
-                    continue
-                held_until = context.throttled_until.get(destination.id)
-                if held_until is not None and held_until > now:
-                    change["next_attempt_at"] = held_until
-                    summary.held += 1
-                    continue
-                payload = _build(context, event, change, mappings, people, now, summary)
-                if payload is None:
-                    continue
-                if destination.id not in targets:
-                    target = _target(context, destination)
-                    if target is None:
-                        reason = "no access token is set; add one and resume the destination"
-                        pause_destination(session, destination.id, reason, now=now)
-                        paused.append(destination.id)
-                        summary.held += 1
-                        continue
-                    targets[destination.id] = target
-                if stale_lease:
-                    # Claimed before by a worker whose lease ran out: it may have sent this event. Resent with the same
-                    # event_id; counted so an operator sees it (Meta does not dedup server events, capi.md §8).
-                    change["unknown_outcome_resends"] = event.unknown_outcome_resends + 1
-                    summary.unknown_outcome_resends += 1
-                    context.metrics.unknown_outcome_resends.inc()
-                change["lease_owner"] = context.worker_id
-                change["lease_expires_at"] = lease_expires_at
-                groups.setdefault(destination.id, []).append(
-                    _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
-                )
-        _write_changes(session, changes)
-        for (outcome, reason), count in decisions.items():
-            context.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
-        if missing_destination:
-            log.warning("%d event(s) are waiting for a destination: none is configured", missing_destination)
-    return groups, targets
+                targets[destination.id] = target
+            if stale_lease:
+                # Claimed before by a worker whose lease ran out: it may have sent this event. Resent with the same
+                # event_id; counted so an operator sees it (Meta does not dedup server events, capi.md §8).
+                change["unknown_outcome_resends"] = event.unknown_outcome_resends + 1
+                summary.unknown_outcome_resends += 1
+            change["lease_owner"] = context.worker_id
+            change["lease_expires_at"] = None  # set when the claim is written: the lease runs from then
+            groups.setdefault(destination.id, []).append(
+                _Outgoing(event.id, event.event_id, event.received_at, event.occurred_at, event.attempts, payload)
+            )
+    return batch
 
 
-def _write_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
-    """One executemany UPDATE per set of changed columns (a batch has a handful: sent, blocked, waiting...)."""
+def _write_claim(context: DeliveryContext, session: Session, batch: _Batch) -> None:
+    """Write a claim's decisions and leases (in its transaction, which the caller commits right before sending)."""
+    for destination_id in sorted(batch.no_token):
+        reason = "no access token is set; add one and resume the destination"
+        pause_destination(session, destination_id, reason, now=batch.now)
+    # The lease runs from now (a prepared claim may have waited for the previous batch), never from before ``now``.
+    expires = max(batch.now, utcnow()) + timedelta(seconds=context.options.lease_seconds)
+    for change in batch.changes:
+        if change["lease_owner"] is not None:
+            change["lease_expires_at"] = expires
+    _write_changes(session, batch.changes, context.dialect)
+
+
+def _claimed(context: DeliveryContext, batch: _Batch) -> None:
+    """Metrics and warnings of a committed claim."""
+    for (outcome, reason), count in batch.decisions.items():
+        context.metrics.decisions.labels(outcome=outcome, reason=reason).inc(count)
+    if batch.summary.unknown_outcome_resends:
+        context.metrics.unknown_outcome_resends.inc(batch.summary.unknown_outcome_resends)
+    if batch.missing_destination:
+        log.warning("%d event(s) are waiting for a destination: none is configured", batch.missing_destination)
+
+
+def _write_changes(session: Session, changes: Sequence[dict[str, Any]], dialect: str) -> None:
+    """One UPDATE per set of changed columns (a batch has a handful: sent, blocked, waiting...).
+
+    PostgreSQL gets the rows as one JSON document joined to the events by ``json_populate_recordset``: one
+    parameter and one statement to parse, plan and run instead of one per event. SQLite runs an executemany UPDATE
+    (no round trips there).
+    """
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
         by_columns.setdefault(tuple(sorted(change)), []).append(change)
     for columns, rows in by_columns.items():
+        if dialect == "postgresql" and not any(
+            row[name] is None for name in _JSON_COLUMNS.intersection(columns) for row in rows
+        ):
+            session.execute(_update_from_json(columns), {"rows": _rows_json(columns, rows)})
+            continue
         values = {name: bindparam(f"v_{name}", type_=_events.c[name].type) for name in columns if name != "id"}
         params = [{f"v_{name}": value for name, value in row.items()} for row in rows]
         session.execute(update(_events).where(_events.c.id == bindparam("v_id")).values(values), params)
+
+
+# A JSON column set to None is stored as JSON null by SQLAlchemy but would become SQL NULL through a record:
+# such rows take the executemany path.
+_JSON_COLUMNS = frozenset(name for name, col in _events.c.items() if isinstance(col.type, JSON))
+_DATETIME_COLUMNS = frozenset(name for name, col in _events.c.items() if isinstance(col.type, UTCDateTime))
+_PG_DIALECT = postgresql.dialect()
+_BIGINT_ARRAY = postgresql.ARRAY(BigInteger)
+
+
+def _rows_json(columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a JSON array, escaped to ASCII like SQLAlchemy's own JSON parameters; datetimes as ISO 8601 with
+    their UTC offset (exact to the microsecond)."""
+    times = _DATETIME_COLUMNS.intersection(columns)
+    if times:
+        bind = UTCDateTime().process_bind_param  # the column type's own check: aware datetimes only
+        rows = [
+            {**row, **{name: bind(row[name], _PG_DIALECT).isoformat() for name in times if row[name] is not None}}
+            for row in rows
+        ]
+    return json.dumps(rows, separators=(",", ":"), check_circular=False)
+
+
+@functools.cache
+def _update_from_json(columns: tuple[str, ...]) -> Update:
+    """``UPDATE events SET c = v.c, ... FROM json_populate_recordset(NULL::events, :rows) AS v WHERE
+    events.id = v.id``: each JSON value is converted to its column's type by PostgreSQL itself."""
+    rows = func.json_populate_recordset(
+        literal_column("NULL::events"), cast(bindparam("rows", type_=Text), JSON)
+    ).table_valued(*(column(name, _events.c[name].type) for name in columns))
+    v = rows.alias("v")
+    return update(_events).where(_events.c.id == v.c.id).values({name: v.c[name] for name in columns if name != "id"})
+
+
+def _ids_match(ids: Sequence[int], dialect: str) -> ColumnElement[bool]:
+    """``events.id`` is one of ``ids``: ``= ANY(array)`` on PostgreSQL, a single parameter however many ids
+    (an IN list of a thousand placeholders costs the driver more to parse than the database to run)."""
+    if dialect == "postgresql":
+        return _events.c.id == any_(bindparam("ids", list(ids), type_=_BIGINT_ARRAY))
+    return _events.c.id.in_(ids)
 
 
 def _target(context: DeliveryContext, destination: Destination) -> _Target | None:
@@ -443,15 +706,15 @@ def _build(
     change: dict[str, Any],
     mappings: Mapping[str, Any],
     people: Mapping[str, PersonIdentifiers],
-    now: datetime,
-    summary: RunSummary,
+    batch: _Batch,
 ) -> dict[str, Any] | None:
     """The CAPI event for a decided event, or None after recording (in ``change``) why it cannot be sent."""
+    now, summary = batch.now, batch.summary
     mapping = mappings[event.source_event]  # the decision said "send", so the mapping exists and is enabled
     mapped = apply_mapping(mapping, event.properties, event_action_source=event.action_source)
     if mapped.errors:
         first = next(iter(mapped.errors.items()))
-        _refuse(context, change, PayloadRejected("mapping_errors", "; ".join(mapped.errors.values()), first[0]), now)
+        _refuse(batch, change, PayloadRejected("mapping_errors", "; ".join(mapped.errors.values()), first[0]))
         summary.blocked += 1
         return None
     user_data = context.encryptor.decrypt_json(event.user_data_encrypted) if event.user_data_encrypted else None
@@ -477,7 +740,7 @@ def _build(
             _dead_in_batch(change, _local_error(rejected, now))
             summary.dead += 1
         else:
-            _refuse(context, change, rejected, now)
+            _refuse(batch, change, rejected)
             summary.blocked += 1
         return None
 
@@ -492,8 +755,9 @@ def _local_error(rejected: PayloadRejected, now: datetime) -> dict[str, Any]:
     }
 
 
-def _refuse(context: DeliveryContext, change: dict[str, Any], rejected: PayloadRejected, now: datetime) -> None:
+def _refuse(batch: _Batch, change: dict[str, Any], rejected: PayloadRejected) -> None:
     """Block an event Meta would reject (never sent, not a dead letter), with the reason recorded."""
+    now = batch.now
     reason = f"payload_rejected:{rejected.code}"
     change["status"] = "blocked"
     change["next_attempt_at"] = None
@@ -506,7 +770,7 @@ def _refuse(context: DeliveryContext, change: dict[str, Any], rejected: PayloadR
         "payload_error": {"code": rejected.code, "message": rejected.message, "field": rejected.field},
     }
     change["decided_at"] = now
-    context.metrics.decisions.labels(outcome="block", reason=reason).inc()
+    batch.decisions[("block", reason)] += 1
 
 
 def _dead_in_batch(change: dict[str, Any], error: Mapping[str, Any]) -> None:
@@ -559,7 +823,7 @@ def _deliver(
         _record(context, target, chunk, response, now, "split")
         middle = len(chunk) // 2
         for half in (chunk[:middle], chunk[middle:]):
-            if target.id in context.paused_now:
+            if context.is_paused(target.id):
                 _release(context, half, next_attempt_at=None)
                 summary.held += len(half)
                 continue
@@ -638,7 +902,7 @@ def _record(
         if action == "sent":
             result = session.execute(
                 update(_events)
-                .where(_events.c.id.in_(ids), held)
+                .where(_ids_match(ids, context.dialect), held)
                 .values(
                     status="sent",
                     sent_at=now,
@@ -656,7 +920,7 @@ def _record(
             pause_destination(session, target.id, pause_reason or "authentication failed", now=now)
             session.execute(
                 update(_events)
-                .where(_events.c.id.in_(ids), held)
+                .where(_ids_match(ids, context.dialect), held)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
@@ -735,9 +999,9 @@ def _renew_leases(context: DeliveryContext, chunk: list[_Outgoing], now: datetim
     ids = [o.id for o in chunk]
     expires = max(now, utcnow()) + timedelta(seconds=context.options.lease_seconds)
     with session_scope(context.sessionmaker) as session:
-        mine = (_events.c.id.in_(ids), _events.c.lease_owner == owner)
+        mine = (_ids_match(ids, context.dialect), _events.c.lease_owner == owner)
         session.execute(update(_events).where(*mine).values(lease_expires_at=expires))
-        held = set(session.scalars(select(Event.id).where(Event.id.in_(ids), Event.lease_owner == owner)))
+        held = set(session.scalars(select(_events.c.id).where(*mine)))
     return [o for o in chunk if o.id in held]
 
 
@@ -749,7 +1013,7 @@ def _release(context: DeliveryContext, chunk: Sequence[_Outgoing], *, next_attem
     with session_scope(context.sessionmaker) as session:
         session.execute(
             update(_events)
-            .where(_events.c.id.in_([o.id for o in chunk]), _events.c.lease_owner == context.worker_id)
+            .where(_ids_match([o.id for o in chunk], context.dialect), _events.c.lease_owner == context.worker_id)
             .values(**values)
         )
 

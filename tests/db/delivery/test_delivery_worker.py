@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -18,6 +19,9 @@ from flask import Flask
 from hub.app import create_app
 from hub.config import Settings
 from hub.db import session_scope
+from hub.delivery import dispatch
+from hub.delivery.client import CapiClient, CapiResponse
+from hub.delivery.destinations import paused_destinations, resume_destination
 from hub.delivery.dispatch import RunSummary, delivery_context, run_once
 from hub.delivery.worker import Worker
 from hub.sandbox.app import sandbox_recorder
@@ -155,5 +159,73 @@ def test_worker_loop_stops_cleanly(fresh_database: TestDatabase, settings: Setti
         assert not thread.is_alive()
         assert sorted(sandbox.received_ids()) == sorted(ids)
         assert worker.total.sent == 10
+    finally:
+        app.extensions["hub.engine"].dispose()
+
+
+class SlowClient(CapiClient):
+    """Meta taking its time: the next batch is claimed (on PostgreSQL) while this request is in flight."""
+
+    def send(self, *args: Any, **kwargs: Any) -> CapiResponse:
+        time.sleep(0.3)
+        return super().send(*args, **kwargs)
+
+
+def decisions_counted(app: Flask) -> float:
+    registry = app.extensions["hub.metrics"].registry
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == "hub_decisions"
+        for sample in metric.samples
+        if sample.name == "hub_decisions_total"
+    )
+
+
+def test_a_pause_answered_to_one_batch_holds_the_next_batch_already_claimed(
+    fresh_database: TestDatabase, settings: Settings, sandbox: Sandbox
+) -> None:
+    app = make_app(fresh_database, settings, sandbox, delivery_batch_size=2)
+    try:
+        ids = seed(app, 6)
+        sandbox.fault("expired_token")
+        context = delivery_context(app, client=SlowClient(sandbox.url))
+        summary = run_once(context)
+        context.close()
+        assert (summary.claimed, summary.held, summary.sent, summary.requests) == (6, 6, 0, 1)
+        assert sandbox.received_ids() == [], "nothing reached Meta after the token was refused"
+        with session_scope(app.extensions["hub.sessionmaker"]) as session:
+            events = events_by_id(session, ids).values()
+            assert {(e.status, e.attempts, e.lease_owner, e.unknown_outcome_resends) for e in events} == {
+                ("pending", 0, None, 0)
+            }
+            [paused] = paused_destinations(session)
+            resume_destination(session, paused.id, actor="test")
+        assert run_once(app).sent == 6
+        assert collections.Counter(sandbox.received_ids()) == dict.fromkeys(ids, 1)
+    finally:
+        app.extensions["hub.engine"].dispose()
+
+
+def test_a_prepared_claim_waiting_too_long_is_taken_again_and_counted_once(
+    fresh_database: TestDatabase, settings: Settings, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(fresh_database, settings, sandbox, delivery_batch_size=2)
+    try:
+        ids = seed(app, 6)
+        monkeypatch.setattr(dispatch, "PREPARED_WAIT", 0.05)
+        claims = []
+        claim = dispatch._claim
+        monkeypatch.setattr(dispatch, "_claim", lambda *a, **k: claims.append(1) or claim(*a, **k))
+        context = delivery_context(app, client=SlowClient(sandbox.url))
+        summary = run_once(context)
+        context.close()
+        assert (summary.claimed, summary.sent, summary.unknown_outcome_resends) == (6, 6, 0)
+        assert collections.Counter(sandbox.received_ids()) == dict.fromkeys(ids, 1)
+        assert decisions_counted(app) == 6, "a claim rolled back and taken again is counted once"
+        if fresh_database.backend == "postgresql":
+            assert len(claims) > 4, "claims prepared during a slow request were rolled back and taken again"
+        with session_scope(app.extensions["hub.sessionmaker"]) as session:
+            assert {e.status for e in events_by_id(session, ids).values()} == {"sent"}
     finally:
         app.extensions["hub.engine"].dispose()
