@@ -454,14 +454,17 @@ def _select_due(session: Session, now: datetime, paused: Sequence[int], size: in
         savepoint.rollback()
         if not found:
             break
-        locked = set(
-            session.scalars(
-                select(_events.c.id)
+        # The rows are read again under their lock: between the savepoint and here another worker may have taken
+        # one, changed it (attempts, lease) and let it go, so only what is read locked is what this claim decides on.
+        locked = {
+            row.id: row
+            for row in session.execute(
+                select(*_CLAIMED_COLUMNS)
                 .where(_ids_match([e.id for e in found], dialect), *_due(now, paused))
                 .with_for_update(skip_locked=True, of=_events)
             )
-        )
-        events.extend(event for event in found if event.id in locked)
+        }
+        events.extend(locked[event.id] for event in found if event.id in locked)  # oldest first, as selected
         if len(locked) == len(found):
             break  # nothing was lost to another worker: this is all there is (or all that was asked)
     return events
