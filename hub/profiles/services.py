@@ -25,11 +25,12 @@ import functools
 import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     String,
     Text,
@@ -44,6 +45,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     union_all,
     update,
@@ -231,7 +233,19 @@ def resolve_prepared(
     if not candidates:
         notes.append(NO_IDENTIFIER_NOTE)
         return _with(base, notes=tuple(notes))
-    snapshot = _lookup(session, candidates)
+    if session.get_bind().dialect.name == "postgresql" and any(c.strong for c in candidates):
+        # One round trip whether the person is new or returning: the lookup creates the person when it finds none
+        # of the identifiers (the rows are encrypted up front, a few microseconds wasted for a returning person).
+        person = _new_person(encryptor, prepared, candidates, notes, policy, now)
+        snapshot, inserted = _postgresql_lookup_or_create(session, candidates, person, now)
+        if _is_new_person(candidates, snapshot):
+            if inserted == {(row["kind"], row["value_hash"]) for row in person.identities}:
+                return person.resolution
+            # A concurrent writer took one of the identifiers after the lookup's snapshot: undo, look again.
+            _undo_new_people(session, [person.profile["id"]])
+            return _resolve_with_retries(session, encryptor, prepared, candidates, notes, base, source, policy, now)
+    else:
+        snapshot = _lookup(session, candidates)
     quick = _resolution_without_writes(encryptor, prepared, candidates, notes, base, snapshot, now, {})
     if quick is not None:
         resolution, touch = quick
@@ -647,6 +661,63 @@ def _postgresql_identities_insert() -> Any:
     )
 
 
+@dataclass(frozen=True)
+class _NewPerson:
+    """The rows that create one new person (identities sorted by (kind, hash)) and the call's answer if they do."""
+
+    profile: dict[str, Any]
+    identities: list[dict[str, Any]]
+    resolution: Resolution
+
+
+def _new_person(
+    encryptor: FieldEncryptor,
+    prepared: PreparedIdentity,
+    usable: Sequence[IdentifierCandidate],
+    blocked_notes: Sequence[str],
+    policy: IdentityPolicy,
+    now: datetime,
+) -> _NewPerson:
+    profile_id = new_id()
+    traits = traits_of(prepared.normalized)
+    region = updated_region(None, prepared.region, prepared.normalized.values.get("country"))
+    profile = {
+        "id": profile_id,
+        "traits_encrypted": encryptor.encrypt_json(traits) if traits else None,
+        "region": region,
+        "created_at": now,
+        "updated_at": now,
+    }
+    plan = plan_attachments(usable, {}, policy)
+    notes = tuple(blocked_notes) + tuple(
+        f"{c.field}: not attached: the profile already holds {policy.limit_for(c.kind)} {c.kind} identifier(s), "
+        "the limit"
+        for c in plan.over_limit
+    )
+    identities = [
+        {
+            "profile_id": profile_id,
+            "kind": c.kind,
+            "value_hash": c.value_hash,
+            "value_encrypted": encryptor.encrypt_optional(c.value),
+            "created_at": now,
+            "last_seen_at": now,
+        }
+        for c in plan.attach
+    ]
+    identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
+    resolution = Resolution(
+        profile_id=profile_id,
+        created=True,
+        attached=tuple(c.kind for c in plan.attach),
+        normalized=prepared.normalized,
+        notes=notes,
+        errors=dict(prepared.errors),
+        region=region,
+    )
+    return _NewPerson(profile=profile, identities=identities, resolution=resolution)
+
+
 def _create_new_people(
     session: Session,
     encryptor: FieldEncryptor,
@@ -665,46 +736,10 @@ def _create_new_people(
     identities: list[dict[str, Any]] = []
     results: list[Resolution] = []
     for prepared, usable, blocked_notes in batch:
-        profile_id = new_id()
-        traits = traits_of(prepared.normalized)
-        region = updated_region(None, prepared.region, prepared.normalized.values.get("country"))
-        profiles.append(
-            {
-                "id": profile_id,
-                "traits_encrypted": encryptor.encrypt_json(traits) if traits else None,
-                "region": region,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        plan = plan_attachments(usable, {}, policy)
-        notes = tuple(blocked_notes) + tuple(
-            f"{c.field}: not attached: the profile already holds {policy.limit_for(c.kind)} {c.kind} identifier(s), "
-            "the limit"
-            for c in plan.over_limit
-        )
-        for c in plan.attach:
-            identities.append(
-                {
-                    "profile_id": profile_id,
-                    "kind": c.kind,
-                    "value_hash": c.value_hash,
-                    "value_encrypted": encryptor.encrypt_optional(c.value),
-                    "created_at": now,
-                    "last_seen_at": now,
-                }
-            )
-        results.append(
-            Resolution(
-                profile_id=profile_id,
-                created=True,
-                attached=tuple(c.kind for c in plan.attach),
-                normalized=prepared.normalized,
-                notes=notes,
-                errors=dict(prepared.errors),
-                region=region,
-            )
-        )
+        person = _new_person(encryptor, prepared, usable, blocked_notes, policy, now)
+        profiles.append(person.profile)
+        identities.extend(person.identities)
+        results.append(person.resolution)
     # Core inserts on the tables: multi-row VALUES without the ORM's per-object bookkeeping.
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
@@ -725,6 +760,12 @@ def _create_new_people(
         rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
         inserted = {(row.kind, row.value_hash) for row in rows}
     lost = {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
+    _undo_new_people(session, lost)
+    return [None if r.profile_id in lost else r for r in results]
+
+
+def _undo_new_people(session: Session, lost: Collection[str]) -> None:
+    """Delete new profiles (and the identities they did get) that lost a race for one of their identifiers."""
     if lost:
         session.execute(
             delete(Identity).where(Identity.profile_id.in_(sorted(lost))),
@@ -734,11 +775,11 @@ def _create_new_people(
             delete(Profile).where(Profile.id.in_(sorted(lost))), execution_options={"synchronize_session": False}
         )
         log.debug("%d new profile(s) lost a race for an identifier and are resolved again", len(lost))
-    return [None if r.profile_id in lost else r for r in results]
 
 
 def _with(base: Resolution, **changes: Any) -> Resolution:
-    return replace(base, **changes)
+    # dataclasses.replace, without its walk over the fields (every field of Resolution is an init field).
+    return Resolution(**{**base.__dict__, **changes})
 
 
 @dataclass(frozen=True)
@@ -884,6 +925,111 @@ def _postgresql_lookup_statement() -> Any:
     return union_all(identities, suppressed)
 
 
+# ``_postgresql_lookup_statement`` for one call, which also creates the person when none of the identifiers is held
+# or suppressed: a new person costs one round trip instead of three (lookup, profile, identities). The lookup and
+# the INSERTs see one snapshot, so an identifier a concurrent writer commits after it is skipped by ON CONFLICT DO
+# NOTHING and reported missing from ``new_identities`` (the caller undoes the profile and resolves again). The
+# foreign key of the new identities is checked at the end of the statement, when the profile row is there.
+_POSTGRESQL_LOOKUP_OR_CREATE = (
+    text(
+        """
+WITH wanted AS (
+    SELECT * FROM json_to_recordset(CAST(:keys AS JSON)) AS wanted(kind VARCHAR, value_hash VARCHAR)
+),
+found AS (
+    SELECT 'i' AS source, wanted.kind, wanted.value_hash, held.id, held.last_seen_at, held.profile_id,
+        held.merged_into_id, held.erased_at, held.region, held.traits_encrypted
+    FROM wanted JOIN LATERAL (
+        SELECT identities.id, identities.last_seen_at, root.id AS profile_id, root.merged_into_id, root.erased_at,
+            root.region, root.traits_encrypted
+        FROM identities
+        JOIN profiles ON profiles.id = identities.profile_id
+        JOIN profiles AS root ON root.id = coalesce(profiles.merged_into_id, profiles.id)
+        WHERE identities.kind = wanted.kind AND identities.value_hash = wanted.value_hash
+        LIMIT 1
+    ) AS held ON true
+    UNION ALL
+    SELECT 's', wanted.kind, wanted.value_hash, blocked.id, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM wanted JOIN LATERAL (
+        SELECT suppressed_identifiers.id FROM suppressed_identifiers
+        WHERE suppressed_identifiers.kind = wanted.kind AND suppressed_identifiers.value_hash = wanted.value_hash
+        LIMIT 1
+    ) AS blocked ON true
+),
+new_profile AS (
+    INSERT INTO profiles (id, traits_encrypted, region, created_at, updated_at)
+    SELECT CAST(:profile_id AS VARCHAR), CAST(:traits_encrypted AS TEXT), CAST(:region AS VARCHAR), :now, :now
+    WHERE NOT EXISTS (SELECT 1 FROM found)
+    RETURNING id
+),
+new_identities AS (
+    INSERT INTO identities (profile_id, kind, value_hash, value_encrypted, created_at, last_seen_at)
+    SELECT new_profile.id, new_rows.kind, new_rows.value_hash, new_rows.value_encrypted, :now, :now
+    FROM new_profile CROSS JOIN json_to_recordset(CAST(:identities AS JSON))
+        AS new_rows(kind VARCHAR, value_hash VARCHAR, value_encrypted TEXT)
+    ON CONFLICT (kind, value_hash) DO NOTHING
+    RETURNING kind, value_hash
+)
+SELECT * FROM found
+UNION ALL
+SELECT 'n', kind, value_hash, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM new_identities
+"""
+    )
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(
+        column("source", String()),
+        column("kind", String()),
+        column("value_hash", String()),
+        column("id", BigInteger()),
+        column("last_seen_at", UTCDateTime()),
+        column("profile_id", String()),
+        column("merged_into_id", String()),
+        column("erased_at", UTCDateTime()),
+        column("region", String()),
+        column("traits_encrypted", Text()),
+    )
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _postgresql_lookup_or_create_sql(dialect: Any) -> str:
+    return str(_POSTGRESQL_LOOKUP_OR_CREATE.compile(dialect=dialect))
+
+
+def _postgresql_lookup_or_create(
+    session: Session, candidates: Collection[IdentifierCandidate], person: _NewPerson, now: datetime
+) -> tuple[_Snapshot, set[tuple[str, str]]]:
+    """The lookup of one call's identifiers, creating ``person`` when it finds none: the snapshot, and the (kind,
+    hash) pairs of the identities inserted (empty unless the profile was created)."""
+    if session.autoflush:
+        session.flush()  # what the ORM lookup statement does first
+    keys = sorted({(c.kind, c.value_hash) for c in candidates})
+    profile = person.profile
+    params = {
+        "keys": json_document([{"kind": k, "value_hash": h} for k, h in keys]),
+        "profile_id": profile["id"],
+        "traits_encrypted": profile["traits_encrypted"],
+        "region": profile["region"],
+        "identities": json_document(
+            [
+                {"kind": row["kind"], "value_hash": row["value_hash"], "value_encrypted": row["value_encrypted"]}
+                for row in person.identities
+            ]
+        ),
+        "now": now,
+    }
+    # The driver's SQL text, compiled once: SQLAlchemy's statement cache and bind/result processing cost more than
+    # the rest of a returning person's resolution. ``now`` is aware (checked by the caller) and psycopg returns
+    # timestamptz aware, converted to UTC below as UTCDateTime would.
+    connection = session.connection()
+    rows = connection.exec_driver_sql(_postgresql_lookup_or_create_sql(connection.dialect), params).all()
+    held: dict[tuple[str, str], _Held] = {}
+    blocked: set[tuple[str, str]] = set()
+    _read_lookup_rows(rows, held, blocked)
+    inserted = {(row.kind, row.value_hash) for row in rows if row.source == "n"}
+    return _Snapshot(held=held, suppressed=frozenset(blocked)), inserted
+
+
 def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _Snapshot:
     """The identities held for these (kind, hash) pairs and which pairs are suppressed: one round trip per
     ``LOOKUP_CHUNK`` pairs."""
@@ -902,21 +1048,26 @@ def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _S
                 by_kind.setdefault(kind, []).append(value_hash)
             statement = _lookup_statement(tuple(sorted(by_kind)))
             params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
-        for row in session.execute(statement, params):
-            if row.source == "s":
-                blocked.add((row.kind, row.value_hash))
-            else:
-                held[(row.kind, row.value_hash)] = _Held(
-                    identity_id=row.id,
-                    profile_id=row.profile_id,
-                    # The compound select takes its result types from the first select: UTC-aware datetimes.
-                    last_seen_at=row.last_seen_at,
-                    region=row.region,
-                    traits_encrypted=row.traits_encrypted,
-                    root_merged=row.merged_into_id is not None,
-                    root_erased=row.erased_at is not None,
-                )
+        _read_lookup_rows(session.execute(statement, params), held, blocked)
     return _Snapshot(held=held, suppressed=frozenset(blocked))
+
+
+def _read_lookup_rows(rows: Any, held: dict[tuple[str, str], _Held], blocked: set[tuple[str, str]]) -> None:
+    """Fill ``held`` and ``blocked`` from lookup rows (``source`` ``i``: an identity, ``s``: suppressed)."""
+    for row in rows:
+        if row.source == "s":
+            blocked.add((row.kind, row.value_hash))
+        elif row.source == "i":
+            held[(row.kind, row.value_hash)] = _Held(
+                identity_id=row.id,
+                profile_id=row.profile_id,
+                # Aware in any case (UTCDateTime, or psycopg's timestamptz in the session's time zone): made UTC.
+                last_seen_at=row.last_seen_at.astimezone(UTC),
+                region=row.region,
+                traits_encrypted=row.traits_encrypted,
+                root_merged=row.merged_into_id is not None,
+                root_erased=row.erased_at is not None,
+            )
 
 
 def _resolve_once(
