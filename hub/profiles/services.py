@@ -221,9 +221,10 @@ def resolve_prepared(
     from ``settings.extra``; pass it in when resolving many rows with the same settings.
 
     The common cases cost no SAVEPOINT: a returning person whose call changes nothing is answered from one
-    lookup query, and a new person is created with two INSERTs whose identities use ON CONFLICT DO NOTHING (a
-    lost race is undone and resolved again). Everything else runs in a SAVEPOINT, retried when a concurrent
-    writer wins a unique-constraint race or moves the rows read.
+    lookup query, and a new person is created with INSERTs whose identities use ON CONFLICT DO NOTHING (a lost
+    race is undone and resolved again); on PostgreSQL the lookup and those INSERTs are one statement, so either
+    case is one round trip. Everything else runs in a SAVEPOINT, retried when a concurrent writer wins a
+    unique-constraint race or moves the rows read.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
