@@ -27,10 +27,9 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     String,
     Text,
@@ -668,7 +667,22 @@ class _NewPerson:
 
     profile: dict[str, Any]
     identities: list[dict[str, Any]]
-    resolution: Resolution
+    prepared: PreparedIdentity
+    attached: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def resolution(self) -> Resolution:
+        # Built on demand: a single call builds the rows before it knows whether the person is new.
+        return Resolution(
+            profile_id=self.profile["id"],
+            created=True,
+            attached=self.attached,
+            normalized=self.prepared.normalized,
+            notes=self.notes,
+            errors=dict(self.prepared.errors),
+            region=self.profile["region"],
+        )
 
 
 def _new_person(
@@ -707,16 +721,8 @@ def _new_person(
         for c in plan.attach
     ]
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
-    resolution = Resolution(
-        profile_id=profile_id,
-        created=True,
-        attached=tuple(c.kind for c in plan.attach),
-        normalized=prepared.normalized,
-        notes=notes,
-        errors=dict(prepared.errors),
-        region=region,
-    )
-    return _NewPerson(profile=profile, identities=identities, resolution=resolution)
+    attached = tuple(c.kind for c in plan.attach)
+    return _NewPerson(profile=profile, identities=identities, prepared=prepared, attached=attached, notes=notes)
 
 
 def _create_new_people(
@@ -783,9 +789,9 @@ def _with(base: Resolution, **changes: Any) -> Resolution:
     return Resolution(**{**base.__dict__, **changes})
 
 
-@dataclass(frozen=True)
-class _Held:
-    """An identity row found for one of the call's identifiers, with its canonical (root) profile."""
+class _Held(NamedTuple):
+    """An identity row found for one of the call's identifiers, with its canonical (root) profile (a named tuple:
+    a lookup builds one per identifier, and a frozen dataclass costs several times as much to build)."""
 
     identity_id: int
     profile_id: str  # canonical
@@ -938,8 +944,9 @@ WITH wanted AS (
     SELECT * FROM json_to_recordset(CAST(:keys AS JSON)) AS wanted(kind VARCHAR, value_hash VARCHAR)
 ),
 found AS (
-    SELECT 'i' AS source, wanted.kind, wanted.value_hash, held.id, held.last_seen_at, held.profile_id,
-        held.merged_into_id, held.erased_at, held.region, held.traits_encrypted
+    SELECT 'i' AS source, wanted.kind, wanted.value_hash,
+        json_build_array(held.id, held.last_seen_at, held.profile_id, held.merged_into_id IS NOT NULL,
+            held.erased_at IS NOT NULL, held.region, held.traits_encrypted) AS held
     FROM wanted JOIN LATERAL (
         SELECT identities.id, identities.last_seen_at, root.id AS profile_id, root.merged_into_id, root.erased_at,
             root.region, root.traits_encrypted
@@ -950,7 +957,7 @@ found AS (
         LIMIT 1
     ) AS held ON true
     UNION ALL
-    SELECT 's', wanted.kind, wanted.value_hash, blocked.id, NULL, NULL, NULL, NULL, NULL, NULL
+    SELECT 's', wanted.kind, wanted.value_hash, NULL
     FROM wanted JOIN LATERAL (
         SELECT suppressed_identifiers.id FROM suppressed_identifiers
         WHERE suppressed_identifiers.kind = wanted.kind AND suppressed_identifiers.value_hash = wanted.value_hash
@@ -973,22 +980,11 @@ new_identities AS (
 )
 SELECT * FROM found
 UNION ALL
-SELECT 'n', kind, value_hash, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM new_identities
+SELECT 'n', kind, value_hash, NULL FROM new_identities
 """
     )
     .bindparams(bindparam("now", type_=UTCDateTime()))
-    .columns(
-        column("source", String()),
-        column("kind", String()),
-        column("value_hash", String()),
-        column("id", BigInteger()),
-        column("last_seen_at", UTCDateTime()),
-        column("profile_id", String()),
-        column("merged_into_id", String()),
-        column("erased_at", UTCDateTime()),
-        column("region", String()),
-        column("traits_encrypted", Text()),
-    )
+    .columns(column("source", String()), column("kind", String()), column("value_hash", String()), column("held"))
 )
 
 
@@ -1019,15 +1015,31 @@ def _postgresql_lookup_or_create(
         ),
         "now": now,
     }
-    # The driver's SQL text, compiled once: SQLAlchemy's statement cache and bind/result processing cost more than
-    # the rest of a returning person's resolution. ``now`` is aware (checked by the caller) and psycopg returns
-    # timestamptz aware, converted to UTC below as UTCDateTime would.
+    # The driver's SQL text, compiled once, and each identity found as one JSON array: SQLAlchemy's statement cache,
+    # bind processing and per-column result set-up cost more than the rest of a returning person's resolution.
+    # ``now`` is aware (checked by the caller); JSON renders timestamptz as ISO 8601 with its offset.
     connection = session.connection()
-    rows = connection.exec_driver_sql(_postgresql_lookup_or_create_sql(connection.dialect), params).all()
     held: dict[tuple[str, str], _Held] = {}
     blocked: set[tuple[str, str]] = set()
-    _read_lookup_rows(rows, held, blocked)
-    inserted = {(row.kind, row.value_hash) for row in rows if row.source == "n"}
+    inserted: set[tuple[str, str]] = set()
+    for source, kind, value_hash, found in connection.exec_driver_sql(
+        _postgresql_lookup_or_create_sql(connection.dialect), params
+    ):
+        if source == "i":
+            identity_id, last_seen_at, profile_id, root_merged, root_erased, region, traits_encrypted = found
+            held[(kind, value_hash)] = _Held(
+                identity_id=identity_id,
+                profile_id=profile_id,
+                last_seen_at=datetime.fromisoformat(last_seen_at).astimezone(UTC),
+                region=region,
+                traits_encrypted=traits_encrypted,
+                root_merged=root_merged,
+                root_erased=root_erased,
+            )
+        elif source == "s":
+            blocked.add((kind, value_hash))
+        else:
+            inserted.add((kind, value_hash))
     return _Snapshot(held=held, suppressed=frozenset(blocked)), inserted
 
 
@@ -1058,12 +1070,12 @@ def _read_lookup_rows(rows: Any, held: dict[tuple[str, str], _Held], blocked: se
     for row in rows:
         if row.source == "s":
             blocked.add((row.kind, row.value_hash))
-        elif row.source == "i":
+        else:
             held[(row.kind, row.value_hash)] = _Held(
                 identity_id=row.id,
                 profile_id=row.profile_id,
-                # Aware in any case (UTCDateTime, or psycopg's timestamptz in the session's time zone): made UTC.
-                last_seen_at=row.last_seen_at.astimezone(UTC),
+                # The compound select takes its result types from the first select: UTC-aware datetimes.
+                last_seen_at=row.last_seen_at,
                 region=row.region,
                 traits_encrypted=row.traits_encrypted,
                 root_merged=row.merged_into_id is not None,
