@@ -937,9 +937,8 @@ def _postgresql_lookup_statement() -> Any:
 # the INSERTs see one snapshot, so an identifier a concurrent writer commits after it is skipped by ON CONFLICT DO
 # NOTHING and reported missing from ``new_identities`` (the caller undoes the profile and resolves again). The
 # foreign key of the new identities is checked at the end of the statement, when the profile row is there.
-_POSTGRESQL_LOOKUP_OR_CREATE = (
-    text(
-        """
+_POSTGRESQL_LOOKUP_OR_CREATE = text(
+    """
 WITH wanted AS (
     SELECT * FROM json_to_recordset(CAST(:keys AS JSON)) AS wanted(kind VARCHAR, value_hash VARCHAR)
 ),
@@ -982,9 +981,6 @@ SELECT * FROM found
 UNION ALL
 SELECT 'n', kind, value_hash, NULL FROM new_identities
 """
-    )
-    .bindparams(bindparam("now", type_=UTCDateTime()))
-    .columns(column("source", String()), column("kind", String()), column("value_hash", String()), column("held"))
 )
 
 
@@ -1061,26 +1057,21 @@ def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _S
                 by_kind.setdefault(kind, []).append(value_hash)
             statement = _lookup_statement(tuple(sorted(by_kind)))
             params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
-        _read_lookup_rows(session.execute(statement, params), held, blocked)
+        for row in session.execute(statement, params):
+            if row.source == "s":
+                blocked.add((row.kind, row.value_hash))
+            else:
+                held[(row.kind, row.value_hash)] = _Held(
+                    identity_id=row.id,
+                    profile_id=row.profile_id,
+                    # The compound select takes its result types from the first select: UTC-aware datetimes.
+                    last_seen_at=row.last_seen_at,
+                    region=row.region,
+                    traits_encrypted=row.traits_encrypted,
+                    root_merged=row.merged_into_id is not None,
+                    root_erased=row.erased_at is not None,
+                )
     return _Snapshot(held=held, suppressed=frozenset(blocked))
-
-
-def _read_lookup_rows(rows: Any, held: dict[tuple[str, str], _Held], blocked: set[tuple[str, str]]) -> None:
-    """Fill ``held`` and ``blocked`` from lookup rows (``source`` ``i``: an identity, ``s``: suppressed)."""
-    for row in rows:
-        if row.source == "s":
-            blocked.add((row.kind, row.value_hash))
-        else:
-            held[(row.kind, row.value_hash)] = _Held(
-                identity_id=row.id,
-                profile_id=row.profile_id,
-                # The compound select takes its result types from the first select: UTC-aware datetimes.
-                last_seen_at=row.last_seen_at,
-                region=row.region,
-                traits_encrypted=row.traits_encrypted,
-                root_merged=row.merged_into_id is not None,
-                root_erased=row.erased_at is not None,
-            )
 
 
 def _resolve_once(
