@@ -230,7 +230,20 @@ class IdentityPolicy:
         return None
 
 
+def _could_be_junk(national: str, country_code_length: int, digits: str) -> bool:
+    """Whether any placeholder rule could match when the country code is ``digits[:country_code_length]``."""
+    if len(national) >= 6 and len(set(national)) == 1:
+        return True
+    if len(national) >= 7 and any(national in counting for counting in _COUNTING):
+        return True
+    return country_code_length == 1 and digits[0] == "1" and len(national) == 10 and national[3:6] == "555"
+
+
 def _junk_phone_reason(digits: str) -> str | None:
+    # Country codes are one to three digits, so the rules below can only match if they match for one of those three
+    # splits; most real numbers match none, and skip the parse (the costliest step of resolving a returning person).
+    if not any(_could_be_junk(digits[length:], length, digits) for length in (1, 2, 3)):
+        return None
     try:
         number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:

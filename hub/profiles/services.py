@@ -25,9 +25,9 @@ import functools
 import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -44,6 +44,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     union_all,
     update,
@@ -219,9 +220,10 @@ def resolve_prepared(
     from ``settings.extra``; pass it in when resolving many rows with the same settings.
 
     The common cases cost no SAVEPOINT: a returning person whose call changes nothing is answered from one
-    lookup query, and a new person is created with two INSERTs whose identities use ON CONFLICT DO NOTHING (a
-    lost race is undone and resolved again). Everything else runs in a SAVEPOINT, retried when a concurrent
-    writer wins a unique-constraint race or moves the rows read.
+    lookup query, and a new person is created with INSERTs whose identities use ON CONFLICT DO NOTHING (a lost
+    race is undone and resolved again); on PostgreSQL the lookup and those INSERTs are one statement, so either
+    case is one round trip. Everything else runs in a SAVEPOINT, retried when a concurrent writer wins a
+    unique-constraint race or moves the rows read.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
@@ -231,7 +233,19 @@ def resolve_prepared(
     if not candidates:
         notes.append(NO_IDENTIFIER_NOTE)
         return _with(base, notes=tuple(notes))
-    snapshot = _lookup(session, candidates)
+    if session.get_bind().dialect.name == "postgresql" and any(c.strong for c in candidates):
+        # One round trip whether the person is new or returning: the lookup creates the person when it finds none
+        # of the identifiers (the rows are encrypted up front, a few microseconds wasted for a returning person).
+        person = _new_person(encryptor, prepared, candidates, notes, policy, now)
+        snapshot, inserted = _postgresql_lookup_or_create(session, candidates, person, now)
+        if _is_new_person(candidates, snapshot):
+            if inserted == {(row["kind"], row["value_hash"]) for row in person.identities}:
+                return person.resolution
+            # A concurrent writer took one of the identifiers after the lookup's snapshot: undo, look again.
+            _undo_new_people(session, [person.profile["id"]])
+            return _resolve_with_retries(session, encryptor, prepared, candidates, notes, base, source, policy, now)
+    else:
+        snapshot = _lookup(session, candidates)
     quick = _resolution_without_writes(encryptor, prepared, candidates, notes, base, snapshot, now, {})
     if quick is not None:
         resolution, touch = quick
@@ -647,6 +661,70 @@ def _postgresql_identities_insert() -> Any:
     )
 
 
+@dataclass(frozen=True)
+class _NewPerson:
+    """The rows that create one new person (identities sorted by (kind, hash)) and the call's answer if they do."""
+
+    profile: dict[str, Any]
+    identities: list[dict[str, Any]]
+    prepared: PreparedIdentity
+    attached: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def resolution(self) -> Resolution:
+        # Built on demand: a single call builds the rows before it knows whether the person is new.
+        return Resolution(
+            profile_id=self.profile["id"],
+            created=True,
+            attached=self.attached,
+            normalized=self.prepared.normalized,
+            notes=self.notes,
+            errors=dict(self.prepared.errors),
+            region=self.profile["region"],
+        )
+
+
+def _new_person(
+    encryptor: FieldEncryptor,
+    prepared: PreparedIdentity,
+    usable: Sequence[IdentifierCandidate],
+    blocked_notes: Sequence[str],
+    policy: IdentityPolicy,
+    now: datetime,
+) -> _NewPerson:
+    profile_id = new_id()
+    traits = traits_of(prepared.normalized)
+    region = updated_region(None, prepared.region, prepared.normalized.values.get("country"))
+    profile = {
+        "id": profile_id,
+        "traits_encrypted": encryptor.encrypt_json(traits) if traits else None,
+        "region": region,
+        "created_at": now,
+        "updated_at": now,
+    }
+    plan = plan_attachments(usable, {}, policy)
+    notes = tuple(blocked_notes) + tuple(
+        f"{c.field}: not attached: the profile already holds {policy.limit_for(c.kind)} {c.kind} identifier(s), "
+        "the limit"
+        for c in plan.over_limit
+    )
+    identities = [
+        {
+            "profile_id": profile_id,
+            "kind": c.kind,
+            "value_hash": c.value_hash,
+            "value_encrypted": encryptor.encrypt_optional(c.value),
+            "created_at": now,
+            "last_seen_at": now,
+        }
+        for c in plan.attach
+    ]
+    identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
+    attached = tuple(c.kind for c in plan.attach)
+    return _NewPerson(profile=profile, identities=identities, prepared=prepared, attached=attached, notes=notes)
+
+
 def _create_new_people(
     session: Session,
     encryptor: FieldEncryptor,
@@ -665,46 +743,10 @@ def _create_new_people(
     identities: list[dict[str, Any]] = []
     results: list[Resolution] = []
     for prepared, usable, blocked_notes in batch:
-        profile_id = new_id()
-        traits = traits_of(prepared.normalized)
-        region = updated_region(None, prepared.region, prepared.normalized.values.get("country"))
-        profiles.append(
-            {
-                "id": profile_id,
-                "traits_encrypted": encryptor.encrypt_json(traits) if traits else None,
-                "region": region,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        plan = plan_attachments(usable, {}, policy)
-        notes = tuple(blocked_notes) + tuple(
-            f"{c.field}: not attached: the profile already holds {policy.limit_for(c.kind)} {c.kind} identifier(s), "
-            "the limit"
-            for c in plan.over_limit
-        )
-        for c in plan.attach:
-            identities.append(
-                {
-                    "profile_id": profile_id,
-                    "kind": c.kind,
-                    "value_hash": c.value_hash,
-                    "value_encrypted": encryptor.encrypt_optional(c.value),
-                    "created_at": now,
-                    "last_seen_at": now,
-                }
-            )
-        results.append(
-            Resolution(
-                profile_id=profile_id,
-                created=True,
-                attached=tuple(c.kind for c in plan.attach),
-                normalized=prepared.normalized,
-                notes=notes,
-                errors=dict(prepared.errors),
-                region=region,
-            )
-        )
+        person = _new_person(encryptor, prepared, usable, blocked_notes, policy, now)
+        profiles.append(person.profile)
+        identities.extend(person.identities)
+        results.append(person.resolution)
     # Core inserts on the tables: multi-row VALUES without the ORM's per-object bookkeeping.
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
@@ -725,6 +767,12 @@ def _create_new_people(
         rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
         inserted = {(row.kind, row.value_hash) for row in rows}
     lost = {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
+    _undo_new_people(session, lost)
+    return [None if r.profile_id in lost else r for r in results]
+
+
+def _undo_new_people(session: Session, lost: Collection[str]) -> None:
+    """Delete new profiles (and the identities they did get) that lost a race for one of their identifiers."""
     if lost:
         session.execute(
             delete(Identity).where(Identity.profile_id.in_(sorted(lost))),
@@ -734,16 +782,16 @@ def _create_new_people(
             delete(Profile).where(Profile.id.in_(sorted(lost))), execution_options={"synchronize_session": False}
         )
         log.debug("%d new profile(s) lost a race for an identifier and are resolved again", len(lost))
-    return [None if r.profile_id in lost else r for r in results]
 
 
 def _with(base: Resolution, **changes: Any) -> Resolution:
-    return replace(base, **changes)
+    # dataclasses.replace, without its walk over the fields (every field of Resolution is an init field).
+    return Resolution(**{**base.__dict__, **changes})
 
 
-@dataclass(frozen=True)
-class _Held:
-    """An identity row found for one of the call's identifiers, with its canonical (root) profile."""
+class _Held(NamedTuple):
+    """An identity row found for one of the call's identifiers, with its canonical (root) profile (a named tuple:
+    a lookup builds one per identifier, and a frozen dataclass costs several times as much to build)."""
 
     identity_id: int
     profile_id: str  # canonical
@@ -882,6 +930,113 @@ def _postgresql_lookup_statement() -> Any:
         null().label("traits_encrypted"),
     ).select_from(wanted.join(blocked, true()))
     return union_all(identities, suppressed)
+
+
+# ``_postgresql_lookup_statement`` for one call, which also creates the person when none of the identifiers is held
+# or suppressed: a new person costs one round trip instead of three (lookup, profile, identities). The lookup and
+# the INSERTs see one snapshot, so an identifier a concurrent writer commits after it is skipped by ON CONFLICT DO
+# NOTHING and reported missing from ``new_identities`` (the caller undoes the profile and resolves again). The
+# foreign key of the new identities is checked at the end of the statement, when the profile row is there.
+_POSTGRESQL_LOOKUP_OR_CREATE = text(
+    """
+WITH wanted AS (
+    SELECT * FROM json_to_recordset(CAST(:keys AS JSON)) AS wanted(kind VARCHAR, value_hash VARCHAR)
+),
+found AS (
+    SELECT 'i' AS source, wanted.kind, wanted.value_hash,
+        json_build_array(held.id, held.last_seen_at, held.profile_id, held.merged_into_id IS NOT NULL,
+            held.erased_at IS NOT NULL, held.region, held.traits_encrypted) AS held
+    FROM wanted JOIN LATERAL (
+        SELECT identities.id, identities.last_seen_at, root.id AS profile_id, root.merged_into_id, root.erased_at,
+            root.region, root.traits_encrypted
+        FROM identities
+        JOIN profiles ON profiles.id = identities.profile_id
+        JOIN profiles AS root ON root.id = coalesce(profiles.merged_into_id, profiles.id)
+        WHERE identities.kind = wanted.kind AND identities.value_hash = wanted.value_hash
+        LIMIT 1
+    ) AS held ON true
+    UNION ALL
+    SELECT 's', wanted.kind, wanted.value_hash, NULL
+    FROM wanted JOIN LATERAL (
+        SELECT suppressed_identifiers.id FROM suppressed_identifiers
+        WHERE suppressed_identifiers.kind = wanted.kind AND suppressed_identifiers.value_hash = wanted.value_hash
+        LIMIT 1
+    ) AS blocked ON true
+),
+new_profile AS (
+    INSERT INTO profiles (id, traits_encrypted, region, created_at, updated_at)
+    SELECT CAST(:profile_id AS VARCHAR), CAST(:traits_encrypted AS TEXT), CAST(:region AS VARCHAR), :now, :now
+    WHERE NOT EXISTS (SELECT 1 FROM found)
+    RETURNING id
+),
+new_identities AS (
+    INSERT INTO identities (profile_id, kind, value_hash, value_encrypted, created_at, last_seen_at)
+    SELECT new_profile.id, new_rows.kind, new_rows.value_hash, new_rows.value_encrypted, :now, :now
+    FROM new_profile CROSS JOIN json_to_recordset(CAST(:identities AS JSON))
+        AS new_rows(kind VARCHAR, value_hash VARCHAR, value_encrypted TEXT)
+    ON CONFLICT (kind, value_hash) DO NOTHING
+    RETURNING kind, value_hash
+)
+SELECT * FROM found
+UNION ALL
+SELECT 'n', kind, value_hash, NULL FROM new_identities
+"""
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _postgresql_lookup_or_create_sql(dialect: Any) -> str:
+    return str(_POSTGRESQL_LOOKUP_OR_CREATE.compile(dialect=dialect))
+
+
+def _postgresql_lookup_or_create(
+    session: Session, candidates: Collection[IdentifierCandidate], person: _NewPerson, now: datetime
+) -> tuple[_Snapshot, set[tuple[str, str]]]:
+    """The lookup of one call's identifiers, creating ``person`` when it finds none: the snapshot, and the (kind,
+    hash) pairs of the identities inserted (empty unless the profile was created)."""
+    if session.autoflush:
+        session.flush()  # what the ORM lookup statement does first
+    keys = sorted({(c.kind, c.value_hash) for c in candidates})
+    profile = person.profile
+    params = {
+        "keys": json_document([{"kind": k, "value_hash": h} for k, h in keys]),
+        "profile_id": profile["id"],
+        "traits_encrypted": profile["traits_encrypted"],
+        "region": profile["region"],
+        "identities": json_document(
+            [
+                {"kind": row["kind"], "value_hash": row["value_hash"], "value_encrypted": row["value_encrypted"]}
+                for row in person.identities
+            ]
+        ),
+        "now": now,
+    }
+    # The driver's SQL text, compiled once, and each identity found as one JSON array: SQLAlchemy's statement cache,
+    # bind processing and per-column result set-up cost more than the rest of a returning person's resolution.
+    # ``now`` is aware (checked by the caller); JSON renders timestamptz as ISO 8601 with its offset.
+    connection = session.connection()
+    held: dict[tuple[str, str], _Held] = {}
+    blocked: set[tuple[str, str]] = set()
+    inserted: set[tuple[str, str]] = set()
+    for source, kind, value_hash, found in connection.exec_driver_sql(
+        _postgresql_lookup_or_create_sql(connection.dialect), params
+    ):
+        if source == "i":
+            identity_id, last_seen_at, profile_id, root_merged, root_erased, region, traits_encrypted = found
+            held[(kind, value_hash)] = _Held(
+                identity_id=identity_id,
+                profile_id=profile_id,
+                last_seen_at=datetime.fromisoformat(last_seen_at).astimezone(UTC),
+                region=region,
+                traits_encrypted=traits_encrypted,
+                root_merged=root_merged,
+                root_erased=root_erased,
+            )
+        elif source == "s":
+            blocked.add((kind, value_hash))
+        else:
+            inserted.add((kind, value_hash))
+    return _Snapshot(held=held, suppressed=frozenset(blocked)), inserted
 
 
 def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _Snapshot:

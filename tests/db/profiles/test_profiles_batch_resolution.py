@@ -18,6 +18,7 @@ from hub.profiles.normalize import sha256_hex
 from hub.profiles.services import (
     PreparedIdentity,
     Resolution,
+    erase_profile,
     prepare_identity,
     resolve_identity,
     resolve_many,
@@ -281,3 +282,85 @@ def test_single_call_for_a_concurrently_created_person(
     assert (result.profile_id, result.created) == (other.profile_id, False)
     assert db_session.scalar(select(func.count()).select_from(Profile)) == 1
     assert db_session.scalar(select(func.count()).select_from(Identity)) == 1
+
+
+def test_single_calls_cost_one_round_trip_on_postgresql(
+    db_session: Session, encryptor: FieldEncryptor, settings: Settings
+) -> None:
+    """A new person is looked up and created by one statement on PostgreSQL (the lookup, then the profile and its
+    identities on SQLite, where a statement costs no round trip); a returning person with nothing new is one
+    lookup on both; a new person whose identifier was erased creates nothing."""
+    from sqlalchemy import event
+
+    connection = db_session.connection()
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    def resolve(user: dict[str, object]) -> Resolution:
+        statements.clear()
+        return resolve_prepared(
+            db_session,
+            encryptor,
+            prepare_identity(user, region=None, settings=settings),
+            source="api",
+            settings=settings,
+            now=T0,
+        )
+
+    ann = {"email": "ann@shop.example", "phone": "+4915100000001", "first_name": "Ann", "country": "DE"}
+    postgresql = db_session.get_bind().dialect.name == "postgresql"
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        created = resolve(ann)
+        assert len(statements) == (1 if postgresql else 3), statements
+        again = resolve(ann)
+        assert len(statements) == 1, statements
+        erase_profile(db_session, created.profile_id or "", "request", now=T0)
+        suppressed = resolve({"email": "ann@shop.example", "external_id": "crm-1"})
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    assert (created.created, sorted(created.attached), created.region) == (True, ["email", "phone"], "DE")
+    assert (again.profile_id, again.created, again.changed) == (created.profile_id, False, False)
+    assert (suppressed.profile_id, suppressed.suppressed, suppressed.created) == (None, True, False)
+    assert db_session.scalar(select(func.count()).select_from(Profile)) == 1
+    stored = db_session.scalar(select(Profile.traits_encrypted).where(Profile.id == created.profile_id))
+    assert stored is None  # erased
+
+
+@pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
+def test_single_call_lookup_probes_the_unique_indexes(db_session: Session, mode: str) -> None:
+    """PostgreSQL: the one-call lookup (which creates a new person) keeps index probes on an unanalyzed database,
+    under the connection's cached generic plan as much as under a custom one."""
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("plans and plan caching are PostgreSQL's")
+    from sqlalchemy import insert
+
+    rows = 3000
+    db_session.execute(
+        insert(Profile.__table__), [{"id": f"p{n:031d}", "created_at": T0, "updated_at": T0} for n in range(rows)]
+    )
+    db_session.execute(
+        insert(Identity.__table__),
+        [
+            {"profile_id": f"p{n:031d}", "kind": "email", "value_hash": f"{n:064x}", "created_at": T0}
+            | {"last_seen_at": T0}
+            for n in range(rows)
+        ],
+    )
+    connection = db_session.connection()
+    sql = services._postgresql_lookup_or_create_sql(connection.dialect)
+    params = {
+        "keys": services.json_document([{"kind": "email", "value_hash": f"{7:064x}"}]),
+        "profile_id": "q" * 32,
+        "traits_encrypted": None,
+        "region": None,
+        "identities": services.json_document([{"kind": "email", "value_hash": f"{7:064x}", "value_encrypted": None}]),
+        "now": T0,
+    }
+    connection.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
+    text = "\n".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {sql}", params))
+    for table in ("identities", "profiles", "suppressed_identifiers"):
+        assert f"Seq Scan on {table}" not in text, text
+    assert "uq_identities_kind_value_hash" in text, text

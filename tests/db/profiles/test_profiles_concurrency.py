@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 
 from hub.config import Settings
@@ -76,3 +78,49 @@ def test_simultaneous_calls_sharing_one_new_identifier_end_in_one_cluster(
         kinds = session.scalars(select(Identity.kind).where(Identity.profile_id == roots[0].id)).all()
         assert sorted(kinds) == ["email", "external_id", "phone"]
         assert session.scalar(select(func.count()).select_from(ProfileMerge)) == 0
+
+
+def test_new_person_losing_a_race_inside_the_lookup_attaches_to_the_winner(
+    fresh_database: TestDatabase, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other transaction holds the email uncommitted while this call looks it up: the lookup does not see it,
+    the call's own INSERT waits for it and skips it; the half-created profile is removed and the call resolves
+    again to the winner's profile, attaching its phone there."""
+    if fresh_database.backend != "postgresql":
+        pytest.skip("SQLite serializes writers: the second call starts after the first has committed")
+    encryptor = FieldEncryptor(settings.encryption_keys)
+    factory = make_sessionmaker(fresh_database.engine)
+    user = {"email": "race@shop.example", "phone": "+4915100000001"}
+    results: list[Resolution | BaseException] = []
+    with factory() as winner_session:
+        winner = resolve_identity(
+            winner_session, encryptor, {"email": user["email"]}, region=None, source="race", settings=settings, now=T0
+        )
+
+        def loser() -> None:
+            try:
+                with factory() as session:
+                    result = resolve_identity(
+                        session, encryptor, user, region=None, source="race", settings=settings, now=T0
+                    )
+                    results.append(result)
+                    session.commit()
+            except BaseException as error:  # reported by the main thread
+                results.append(error)
+
+        caplog.set_level(logging.DEBUG, logger="hub.profiles.services")
+        thread = threading.Thread(target=loser)
+        thread.start()
+        thread.join(timeout=0.5)  # the loser is now waiting on the winner's uncommitted email
+        assert thread.is_alive()
+        winner_session.commit()
+        thread.join(timeout=30)
+    [result] = results
+    if isinstance(result, BaseException):
+        raise result
+    assert (result.profile_id, result.created, result.attached) == (winner.profile_id, False, ("phone",))
+    assert "lost a race" in caplog.text
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Profile)) == 1
+        holders = {row.kind: row.profile_id for row in session.execute(select(Identity.kind, Identity.profile_id))}
+        assert holders == {"email": winner.profile_id, "phone": winner.profile_id}

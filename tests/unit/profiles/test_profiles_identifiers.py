@@ -195,3 +195,69 @@ def test_updated_region(current: str | None, context: str | None, country: str |
 )
 def test_mask_identifier(kind: str, value: str | None, masked: str | None) -> None:
     assert mask_identifier(kind, value) == masked
+
+
+def _junk_phone_reason_by_parsing(digits: str) -> str | None:
+    """The placeholder rules applied after a full parse, without the shortcut that skips the parse."""
+    import phonenumbers
+
+    from hub.profiles.identifiers import _COUNTING
+
+    try:
+        number = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+    national = digits[len(str(number.country_code)) :]
+    if len(national) >= 6 and len(set(national)) == 1:
+        return "a placeholder number made of one repeated digit (on the blocklist)"
+    if len(national) >= 7 and any(national in counting for counting in _COUNTING):
+        return "a placeholder number counting up or down (on the blocklist)"
+    if number.country_code == 1 and len(national) == 10 and national[3:6] == "555" and national[6:8] == "01":
+        return "a fictional NANP number 555-01xx (on the blocklist)"
+    return None
+
+
+def test_junk_phone_shortcut_gives_the_parsed_answer() -> None:
+    import random
+
+    from hub.profiles.identifiers import _junk_phone_reason
+
+    rng = random.Random(7)
+    numbers = [
+        "10000000000",
+        "491111111111",
+        "11234567890",
+        "12345678901",
+        "19876543210",
+        "16505550123",
+        "16505551212",
+        "4930901820",
+        "33612345678",
+        "35311111111",
+        "3531111111",
+        "8801111111",
+        "88012345678",
+        "2120123456789",
+        "9989876543",
+        "15555550100",
+    ]
+    for _ in range(3000):
+        length = rng.randint(7, 15)
+        pattern = rng.random()
+        if pattern < 0.3:  # a country code then one repeated digit
+            prefix = str(rng.choice([1, 7, 33, 44, 49, 212, 353, 880, 998]))
+            numbers.append(prefix + str(rng.randint(0, 9)) * (length - len(prefix)))
+        elif pattern < 0.5:  # a country code then a counting run
+            prefix = str(rng.choice([1, 7, 33, 44, 49, 212, 353, 880, 998]))
+            run = rng.choice(_COUNTING_RUNS)
+            start = rng.randint(0, 9)
+            numbers.append(prefix + run[start : start + length - len(prefix)])
+        elif pattern < 0.6:  # NANP 555 numbers
+            numbers.append(f"1{rng.randint(200, 999)}555{rng.randint(0, 9999):04d}")
+        else:
+            numbers.append(str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(length - 1)))
+    for digits in numbers:
+        assert _junk_phone_reason(digits) == _junk_phone_reason_by_parsing(digits), digits
+
+
+_COUNTING_RUNS = ("0123456789" * 3, "9876543210" * 3)
