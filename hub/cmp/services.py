@@ -308,7 +308,7 @@ def store_delivery(
     The row is written with its final status when nothing goes wrong: ``failed`` with the reason when the body
     cannot be processed as sent (or ``failure`` is given: processing failed and was rolled back), else
     ``processed`` with the CMP's event id, which ``process_delivery`` completes in the same transaction."""
-    kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
+    kept = {name: value for name in KEPT_HEADERS if (value := headers.get(name))}
     if remote_addr:
         kept["remote_addr"] = remote_addr
     if failure is None and parsed.rejection is not None:
@@ -473,6 +473,8 @@ def _short(value: str | None) -> str | None:
 def _one_status_per_purpose(submissions: Sequence[ConsentSubmission]) -> list[ConsentSubmission]:
     """Ketch splits one request by legal basis; when two bases decide the same hub purpose, keep one decision
     (a denial wins), because ``record_consent`` keys on (event id, purpose) and would keep only the first."""
+    if len(submissions) == 1:
+        return list(submissions)  # one submission's purposes are a mapping: one status each already
     chosen: dict[tuple[str, str], tuple[int, str]] = {}
     for index, submission in enumerate(submissions):
         for purpose, status in submission.purposes.items():
