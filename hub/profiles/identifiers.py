@@ -244,6 +244,11 @@ def _junk_phone_reason(digits: str) -> str | None:
     # splits; most real numbers match none, and skip the parse (the costliest step of resolving a returning person).
     if not any(_could_be_junk(digits[length:], length, digits) for length in (1, 2, 3)):
         return None
+    return _junk_phone_reason_parsed(digits)
+
+
+def _junk_phone_reason_parsed(digits: str) -> str | None:
+    """The placeholder rules, applied to the country code a full parse finds."""
     try:
         number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:

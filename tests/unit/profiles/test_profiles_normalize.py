@@ -44,6 +44,7 @@ from hub.profiles.normalize import (
     phone_region,
     sha256_hex,
 )
+from tests.support.normalize_reference import reference_date_of_birth, reference_entry
 
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
@@ -803,31 +804,10 @@ _REFERENCE_BROWSER = {
 }
 
 
-def _reference_date_of_birth(text: str) -> str:
-    try:
-        formatted = normalize_date_of_birth(text, today=date.max)  # only the 1900 bound applies
-    except IdentifierError as error:
-        if "plausible" in error.message:
-            raise IdentifierError(
-                "date_of_birth", "Not a plausible date of birth: the year must be 1900 or later."
-            ) from None
-        raise
-    if formatted and formatted > datetime.now(UTC).strftime("%Y%m%d"):
-        raise IdentifierError("date_of_birth", "Not a plausible date of birth: it is in the future.")
-    return formatted
-
-
 def _reference_hashed(field: str, text: str, country: str, regions: list) -> tuple[str, str]:
-    stripped = text.strip()
-    if is_sha256_hex(stripped):
-        return "", stripped.lower()
-    if field != "external_id" and is_md5_hex(stripped):
-        raise IdentifierError(field, normalize_module._MD5_MESSAGE)
     if field == "date_of_birth":
-        normalized = _reference_date_of_birth(text)
-    else:
-        normalized = _REFERENCE_NORMALIZERS[field](text, country, regions)
-    return (normalized, sha256_hex(normalized)) if normalized else ("", "")
+        return reference_entry(field, text, reference_date_of_birth)
+    return reference_entry(field, text, lambda value: _REFERENCE_NORMALIZERS[field](value, country, regions))
 
 
 def _reference_normalize_user(user: dict, phone_regions: list) -> tuple[list, list, list, list]:

@@ -22,15 +22,12 @@ import pytest
 from hub.profiles import normalize as normalize_module
 from hub.profiles.normalize import (
     IdentifierError,
-    is_md5_hex,
-    is_sha256_hex,
-    normalize_date_of_birth,
     normalize_email,
     normalize_external_id,
     normalize_phone,
     normalize_zip,
-    sha256_hex,
 )
+from tests.support.normalize_reference import reference_date_of_birth, reference_entry
 
 
 def _outcome(function: Callable[..., object], *args: object) -> object:
@@ -38,17 +35,6 @@ def _outcome(function: Callable[..., object], *args: object) -> object:
         return function(*args)
     except IdentifierError as error:
         return ("rejected", error.field, error.message)
-
-
-def _reference_entry(field: str, text: str, normalize: Callable[[str], str]) -> tuple[str, str]:
-    """The (normalized, hash) pair spelled out with the public normalizer and sha256_hex."""
-    stripped = text.strip()
-    if is_sha256_hex(stripped):
-        return "", stripped.lower()
-    if field != "external_id" and is_md5_hex(stripped):
-        raise IdentifierError(field, normalize_module._MD5_MESSAGE)
-    normalized = normalize(text)
-    return (normalized, sha256_hex(normalized)) if normalized else ("", "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,7 +115,7 @@ def _email_corpus() -> list[str]:
 @pytest.mark.parametrize("value", _email_corpus())
 def test_email_entry_agrees_with_normalize_email(value: str) -> None:
     fast = _outcome(normalize_module._email_entry, value)
-    assert fast == _outcome(_reference_entry, "email", value, normalize_email)
+    assert fast == _outcome(reference_entry, "email", value, normalize_email)
 
 
 @pytest.mark.parametrize("value", _email_corpus())
@@ -205,27 +191,13 @@ def test_zip_entry_agrees_with_normalize_zip(country: str) -> None:
     ]
     for value in corpus:
         fast = _outcome(normalize_module._zip_entry, value, country)
-        slow = _outcome(_reference_entry, "zip", value, lambda text: normalize_zip(text, country or None))
+        slow = _outcome(reference_entry, "zip", value, lambda text: normalize_zip(text, country or None))
         assert fast == slow, value
 
 
 # ----------------------------------------------------------------------------------------------
 # Date of birth
 # ----------------------------------------------------------------------------------------------
-
-
-def _reference_date_of_birth(text: str) -> str:
-    try:
-        formatted = normalize_date_of_birth(text, today=date.max)  # only the 1900 bound applies
-    except IdentifierError as error:
-        if "plausible" in error.message:
-            raise IdentifierError(
-                "date_of_birth", "Not a plausible date of birth: the year must be 1900 or later."
-            ) from None
-        raise
-    if formatted and formatted > datetime.now(UTC).strftime("%Y%m%d"):
-        raise IdentifierError("date_of_birth", "Not a plausible date of birth: it is in the future.")
-    return formatted
 
 
 def _date_of_birth_corpus() -> list[str]:
@@ -295,7 +267,7 @@ def _date_of_birth_corpus() -> list[str]:
 def test_date_of_birth_entry_agrees_with_normalize_date_of_birth() -> None:
     for value in _date_of_birth_corpus():
         fast = _outcome(normalize_module._date_of_birth_entry, value)
-        slow = _outcome(_reference_entry, "date_of_birth", value, _reference_date_of_birth)
+        slow = _outcome(reference_entry, "date_of_birth", value, reference_date_of_birth)
         assert fast == slow, value
 
 
@@ -326,7 +298,7 @@ def test_date_of_birth_is_formatted_as_yyyymmdd_for_every_year(year: int) -> Non
 )
 def test_external_id_entry_agrees_with_normalize_external_id(value: str) -> None:
     fast = _outcome(normalize_module._external_id_entry, value)
-    assert fast == _outcome(_reference_entry, "external_id", value, normalize_external_id)
+    assert fast == _outcome(reference_entry, "external_id", value, normalize_external_id)
 
 
 # ----------------------------------------------------------------------------------------------
