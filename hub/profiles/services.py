@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     String,
     Text,
     and_,
@@ -823,6 +824,25 @@ def _hash_param(kind: str) -> str:
     return "hashes_" + "".join(ch if ch.isalnum() else "_" for ch in kind)
 
 
+def _held_by_root(query: Select[Any], root: Any) -> Select[Any]:
+    """``query`` with each identity's id and last use and the canonical profile holding it (``root``: the
+    holder's ``merged_into_id`` followed, in the same query)."""
+    return (
+        query.add_columns(
+            Identity.id,
+            Identity.last_seen_at,
+            root.id.label("profile_id"),
+            root.merged_into_id,
+            root.erased_at,
+            root.region,
+            root.traits_encrypted,
+        )
+        .select_from(Identity)
+        .join(Profile, Profile.id == Identity.profile_id)
+        .join(root, root.id == func.coalesce(Profile.merged_into_id, Profile.id))
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _lookup_statement(kinds: tuple[str, ...]) -> Any:
     """SQLite's lookup for identifiers of these kinds, built once per combination of kinds: the hashes are bind
@@ -840,22 +860,8 @@ def _lookup_statement(kinds: tuple[str, ...]) -> Any:
             )
         )
 
-    identities = (
-        select(
-            literal("i").label("source"),
-            Identity.kind,
-            Identity.value_hash,
-            Identity.id,
-            Identity.last_seen_at,
-            root.id.label("profile_id"),
-            root.merged_into_id,
-            root.erased_at,
-            root.region,
-            root.traits_encrypted,
-        )
-        .join(Profile, Profile.id == Identity.profile_id)
-        .join(root, root.id == func.coalesce(Profile.merged_into_id, Profile.id))
-        .where(where(Identity.kind, Identity.value_hash))
+    identities = _held_by_root(select(literal("i").label("source"), Identity.kind, Identity.value_hash), root).where(
+        where(Identity.kind, Identity.value_hash)
     )
     suppressed = select(
         literal("s").label("source"),
@@ -884,17 +890,7 @@ def _postgresql_lookup_statement() -> Any:
     wanted = json_recordset("wanted", (("kind", String()), ("value_hash", String())), parameter="keys")
     root = aliased(Profile, name="root")
     held = (
-        select(
-            Identity.id,
-            Identity.last_seen_at,
-            root.id.label("profile_id"),
-            root.merged_into_id,
-            root.erased_at,
-            root.region,
-            root.traits_encrypted,
-        )
-        .join(Profile, Profile.id == Identity.profile_id)
-        .join(root, root.id == func.coalesce(Profile.merged_into_id, Profile.id))
+        _held_by_root(select(), root)
         .where(Identity.kind == wanted.c.kind, Identity.value_hash == wanted.c.value_hash)
         .limit(1)
         .lateral("held")
