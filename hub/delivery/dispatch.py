@@ -448,7 +448,7 @@ def _select_due(session: Session, now: datetime, paused: Sequence[int], size: in
     for _ in range(CLAIM_ROUNDS):
         query = _claim_query(now, paused, size - len(events), dialect)
         if events:  # rows this transaction holds are not locked to itself
-            query = query.where(~(_events.c.id == any_(bindparam("have", [e.id for e in events], type_=_BIGINT_ARRAY))))
+            query = query.where(~_ids_match([e.id for e in events], dialect))
         savepoint = session.begin_nested()
         found = list(session.execute(query))
         savepoint.rollback()
