@@ -327,21 +327,6 @@ _SEEN_AND_STATE = union_all(
     ),
 )
 # The ledger rows of one decision in one statement (insertmanyvalues), ids returned in the rows' order.
-_RECORD_COLUMNS = (
-    "profile_id",
-    "purpose",
-    "status",
-    "collected_at",
-    "received_at",
-    "source",
-    "source_event_id",
-    "legal_basis",
-    "regulation",
-    "region",
-    "notice_version",
-    "expires_at",
-    "proof",
-)
 _INSERT_RECORDS = insert(_RECORDS).returning(_RECORDS.c.id, sort_by_parameter_order=True)
 
 
