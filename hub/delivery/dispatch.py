@@ -629,7 +629,11 @@ _BIGINT_ARRAY = postgresql.ARRAY(BigInteger)
 
 def _rows_json(columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a JSON array, escaped to ASCII like SQLAlchemy's own JSON parameters; datetimes as ISO 8601 with
-    their UTC offset (exact to the microsecond)."""
+    their UTC offset (exact to the microsecond).
+
+    Not ``hub.db.json_document``: the JSON columns' values are escaped as SQLAlchemy's JSON type escapes them on
+    the per-row path, and only datetime columns are converted (a datetime inside a JSON value fails here as it
+    would per row)."""
     times = _DATETIME_COLUMNS.intersection(columns)
     if times:
         bind = UTCDateTime().process_bind_param  # the column type's own check: aware datetimes only

@@ -54,7 +54,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
-from hub.db import UTCDateTime, is_lock_conflict
+from hub.db import UTCDateTime, is_lock_conflict, json_document, json_recordset
 from hub.encryption import FieldEncryptor
 from hub.events.models import Event
 from hub.events.schemas import ParsedEvent, parse_event
@@ -66,8 +66,6 @@ from hub.profiles.services import (
     Resolution,
     complete_many,
     insert_ignoring_conflicts,
-    json_document,
-    json_recordset,
     plan_many,
     prepare_identity,
     refresh_last_seen,

@@ -22,7 +22,6 @@ Decisions (documented here because event ingestion and consent webhooks rely on 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +35,6 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    cast,
-    column,
     delete,
     func,
     insert,
@@ -50,14 +47,13 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from hub.config import Settings
-from hub.db import UTCDateTime, new_id
+from hub.db import UTCDateTime, json_document, json_recordset, new_id
 from hub.encryption import DecryptionError, FieldEncryptor
 from hub.events.models import Event
 from hub.profiles.identifiers import (
@@ -600,32 +596,6 @@ def insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequ
     if session.get_bind().dialect.name == "postgresql":
         return postgresql_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
-
-
-def json_recordset(name: str, columns: Sequence[tuple[str, Any]], parameter: str = "rows") -> Any:
-    """PostgreSQL's ``json_to_recordset(:parameter) AS name(column type, ...)``: a batch's rows as one JSON
-    document (see ``json_document``), read back in the document's order. The statement text is the same for any
-    number of rows, so the driver's parse cache and the server's prepared statement serve it; and the rows are
-    serialized by the json module's C encoder, where one array per column made the driver convert every element
-    in Python (more client CPU than the rest of the batch's storage)."""
-    return (
-        func.json_to_recordset(cast(bindparam(parameter, type_=Text()), postgresql.JSON))
-        .table_valued(*(column(column_name, kind) for column_name, kind in columns))
-        .render_derived(name=name, with_types=True)
-    )
-
-
-def _json_default(value: Any) -> Any:
-    # Aware datetimes are the only non-JSON values hub stores this way; PostgreSQL reads ISO 8601 back exactly.
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The parameter of a ``json_recordset``: UTF-8 text as sent (``\\u`` escapes would only read back where the
-    server's encoding is UTF-8), datetimes as ISO 8601."""
-    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 @functools.cache

@@ -14,10 +14,11 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from hub.db import json_document
 from hub.events.models import Event
 from hub.events.services import _postgresql_existing_statement
 from hub.profiles.models import Identity, Profile
-from hub.profiles.services import _postgresql_lookup_statement, json_document
+from hub.profiles.services import _postgresql_lookup_statement
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROWS = 3000
