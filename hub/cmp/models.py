@@ -51,5 +51,6 @@ class CmpInboxItem(Base):
     processed_at: Mapped[datetime | None]
 
 
-Index("ix_cmp_inbox_source_body", CmpInboxItem.source_id, CmpInboxItem.body_sha256)
-Index("ix_cmp_inbox_source_event_key", CmpInboxItem.source_id, CmpInboxItem.event_key)
+# The id makes each index answer "the earliest earlier copy" by itself (hub.cmp.services._inbox_insert_statement).
+Index("ix_cmp_inbox_source_body", CmpInboxItem.source_id, CmpInboxItem.body_sha256, CmpInboxItem.id)
+Index("ix_cmp_inbox_source_event_key", CmpInboxItem.source_id, CmpInboxItem.event_key, CmpInboxItem.id)

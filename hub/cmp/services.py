@@ -232,28 +232,35 @@ class StoredDelivery:
 
 def _inbox_insert_statement(*, by_event_key: bool) -> Any:
     """INSERT of an inbox row returning its id and the earliest earlier delivery of the same source with the same
-    body (or CMP event id) that was processed or was a repeat. Built once (parameters ``new_*``/``earlier_*``):
-    constructing it costs more Python than running it."""
+    body, and the earliest with the same CMP event id, that was processed or was a repeat. Built once (parameters
+    ``new_*``/``earlier_*``): constructing it costs more Python than running it.
+
+    Each key is a probe of its own index ((source_id, body_sha256, id) and (source_id, event_key, id)): a single
+    look-up with ``body OR event key`` left PostgreSQL a plan that walked every earlier delivery of the source,
+    a cost growing with the inbox (tests/db/cmp/test_cmp_inbox_query_plans.py)."""
     table = CmpInboxItem.__table__
-    earlier = table.alias("earlier")
-    same = earlier.c.body_sha256 == bindparam("earlier_body_sha256", type_=table.c.body_sha256.type)
-    if by_event_key:
-        same = same | (earlier.c.event_key == bindparam("earlier_event_key", type_=table.c.event_key.type))
-    duplicate_of = (
-        select(earlier.c.id)
-        .where(
-            earlier.c.source_id == bindparam("new_source_id", type_=table.c.source_id.type),
-            # Two comparisons rather than IN: a literal IN list is re-rendered on every execution.
-            (earlier.c.status == "processed") | (earlier.c.status == "duplicate"),
-            # The new row itself is written ``processed`` already, and SQLite's RETURNING sees it. (The column
-            # is named in SQL: SQLAlchemy does not correlate a subquery in RETURNING to the inserted row.)
-            earlier.c.id != literal_column(f"{table.name}.id"),
-            same,
+
+    def earliest(column: Any, parameter: str) -> Any:
+        earlier = table.alias(f"earlier_by_{column.name}")
+        return (
+            select(earlier.c.id)
+            .where(
+                earlier.c.source_id == bindparam("new_source_id", type_=table.c.source_id.type),
+                earlier.c[column.name] == bindparam(parameter, type_=column.type),
+                # Two comparisons rather than IN: a literal IN list is re-rendered on every execution.
+                (earlier.c.status == "processed") | (earlier.c.status == "duplicate"),
+                # The new row itself is written ``processed`` already, and SQLite's RETURNING sees it. (The column
+                # is named in SQL: SQLAlchemy does not correlate a subquery in RETURNING to the inserted row.)
+                earlier.c.id != literal_column(f"{table.name}.id"),
+            )
+            .order_by(earlier.c.id)
+            .limit(1)
+            .scalar_subquery()
         )
-        .order_by(earlier.c.id)
-        .limit(1)
-        .scalar_subquery()
-    )
+
+    returning = [table.c.id, earliest(table.c.body_sha256, "earlier_body_sha256").label("same_body")]
+    if by_event_key:
+        returning.append(earliest(table.c.event_key, "earlier_event_key").label("same_event"))
     columns = (
         "source_id",
         "received_at",
@@ -268,7 +275,7 @@ def _inbox_insert_statement(*, by_event_key: bool) -> Any:
     return (
         insert(table)
         .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in columns})
-        .returning(table.c.id, duplicate_of.label("duplicate_of"))
+        .returning(*returning)
     )
 
 
@@ -328,7 +335,8 @@ def store_delivery(
     if parsed.event_key is not None:
         parameters["earlier_event_key"] = parsed.event_key
     row = session.execute(_INBOX_INSERT[parsed.event_key is not None], parameters).one()
-    return StoredDelivery(inbox_id=row.id, body_sha256=parsed.body_sha256, duplicate_of=row.duplicate_of)
+    earlier = [found for found in row[1:] if found is not None]
+    return StoredDelivery(inbox_id=row.id, body_sha256=parsed.body_sha256, duplicate_of=min(earlier, default=None))
 
 
 def _encrypt(encryptor: FieldEncryptor, body: bytes) -> bytes:

@@ -1,0 +1,112 @@
+"""PostgreSQL: a webhook's look-up of earlier copies of itself probes the inbox indexes by key.
+
+Every delivery asks for the earliest earlier delivery of its source with the same body and with the same CMP event
+id. With ``body OR event id`` in one condition, and without statistics (a young database, or autovacuum off),
+PostgreSQL kept a plan that read every earlier delivery of the source through the (source, event key) index, one
+more row per delivery ever received. These tests pin the plans under both plan-cache modes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from hub.cmp.models import CmpInboxItem, CmpSource
+from hub.cmp.services import _INBOX_INSERT
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+ROWS = 3000
+
+
+class PreparedPlan:
+    """``statement`` prepared on the session's connection, as psycopg prepares it after a few executions: the
+    plan PostgreSQL keeps for it (under ``force_generic_plan``) was made when the statement was first run."""
+
+    def __init__(self, session: Session, statement: Any, values: dict[str, Any], mode: str) -> None:
+        self.connection = session.connection()
+        compiled = statement.compile(dialect=self.connection.dialect)
+        params = compiled.construct_params(values)
+        order: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match.group(1) not in order:
+                order.append(match.group(1))
+            return f"${order.index(match.group(1)) + 1}"
+
+        sql = re.sub(r"%\((\w+)\)s", placeholder, str(compiled))
+        self.arguments = ", ".join(_literal(params[name]) for name in order)
+        self.connection.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
+        self.connection.exec_driver_sql(f"PREPARE kept_plan AS {sql}")
+
+    def explain(self) -> str:
+        rows = self.connection.exec_driver_sql(f"EXPLAIN EXECUTE kept_plan({self.arguments})").all()
+        return "\n".join(row[0] for row in rows)
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, bytes):
+        return "'\\x" + value.hex() + "'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@pytest.fixture
+def postgresql_session(db_session: Session) -> Session:
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("plans and plan caching are PostgreSQL's")
+    return db_session
+
+
+@pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
+def test_earlier_copies_are_probed_by_key(postgresql_session: Session, mode: str) -> None:
+    session = postgresql_session
+    source_id = session.execute(
+        insert(CmpSource.__table__).returning(CmpSource.__table__.c.id),
+        {"name": "plans", "adapter": "generic", "authenticator": "hmac", "settings": {}, "enabled": True},
+    ).scalar_one()
+    values = {
+        "new_source_id": source_id,
+        "new_received_at": NOW,
+        "new_body": b"y",
+        "new_body_sha256": f"{ROWS + 1:064x}",
+        "new_event_key": "evt-new",
+        "new_headers": "{}",  # the plan's parameters are written as SQL literals: JSON as its text
+        "new_status": "processed",
+        "new_error": None,
+        "new_processed_at": NOW,
+        "earlier_body_sha256": f"{ROWS + 1:064x}",
+        "earlier_event_key": "evt-new",
+    }
+    prepared = PreparedPlan(session, _INBOX_INSERT[True], values, mode)
+    prepared.explain()  # the first run, on an empty inbox: the plan a long-lived connection keeps
+    session.execute(
+        insert(CmpInboxItem.__table__),
+        [
+            {
+                "source_id": source_id,
+                "received_at": NOW,
+                "body": b"x",
+                "body_sha256": f"{n:064x}",
+                "event_key": f"evt-{n}",
+                "headers": {},
+                "status": "processed",
+            }
+            for n in range(ROWS)
+        ],
+    )
+    text = prepared.explain()
+    assert "Seq Scan on cmp_inbox" not in text, text
+    assert "pk_cmp_inbox" not in text, text
+    # Each probe's index condition names its key, not only the source.
+    for index, key in (("ix_cmp_inbox_source_body", "body_sha256"), ("ix_cmp_inbox_source_event_key", "event_key")):
+        assert index in text, text
+        condition = text.split(index, 1)[1].split("Index Cond:", 1)[1].split("\n", 1)[0]
+        assert key in condition, text
