@@ -7,10 +7,16 @@ Sections:
 * ``webhooks`` — CMP webhook ingest rate. hub's app runs in this process under waitress (``--threads``
   request threads, as ``hub serve`` runs it); ``--clients`` separate client processes post signed ``generic``
   webhooks (HMAC, two purposes each, subjects drawn from a pool so some deliveries create a profile and others
-  find one) with ``requests.Session`` as fast as the server answers. Every request is the full path: source
-  lookup, HMAC check, JSON parse, adapter, inbox row, identity resolution, two ledger rows, projection, one
-  commit (the inbox row and its effects are durable together before the 2xx; see ``hub.cmp.views``). Target:
-  >= 500 webhooks/s. Also printed: this process's CPU time per request (request threads and waitress).
+  find one) as fast as the server answers, 8 clients by default (CMPs deliver concurrently; one per waitress
+  thread). Each client keeps one persistent ``http.client`` connection (keep-alive) and signs every body with
+  the current time just before sending it; plain ``http.client`` keeps the load generator's own CPU, which
+  shares the machine's cores with the server and PostgreSQL, small (a real CMP sends from other machines).
+  Every request is the full path: source lookup, HMAC check, JSON parse, adapter, inbox row, identity
+  resolution, two ledger rows, projection, one commit (the inbox row and its effects are durable together
+  before the 2xx; see ``hub.cmp.views``). Target: >= 500 webhooks/s. Also printed, per request: this process's
+  CPU time (request threads and waitress), the client processes' CPU time and, when PostgreSQL runs on this
+  machine and its processes are visible in /proc, the PostgreSQL server's CPU time (all ``postgres``
+  processes, including backends that exited during the run).
 * ``floor`` — what the target is measured against: the same clients and waitress setup posting the same signed
   bodies to a trivial Flask app whose one route stores the body with one INSERT and commits (hub's engine
   settings, no authentication, no processing), and to a route that does no database work at all. The hub
@@ -28,6 +34,7 @@ The database is created for the run and dropped afterwards. PostgreSQL comes fro
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing
 import os
@@ -44,11 +51,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
-import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -96,10 +103,53 @@ def _settings(url: str, data_dir: Path) -> Settings:
 # -- webhooks ------------------------------------------------------------------------------------------------
 
 
+class _Connection:
+    """One persistent HTTP/1.1 connection (keep-alive) to the server, reopened when the server closes it."""
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        self._prefix = parts.path
+        self._connection: http.client.HTTPConnection | None = None
+        self._used = False  # whether the open connection has carried a request (so it may have gone stale)
+
+    def post(self, name: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST ``body`` to ``<prefix>/<name>``, read the whole response and return its status."""
+        try:
+            return self._post(name, body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not self._used:
+                raise  # a fresh connection failed: a real error, not a keep-alive connection the server closed
+            self.close()  # the server closed the idle keep-alive connection: send once more on a new one
+            return self._post(name, body, headers)
+
+    def _post(self, name: str, body: bytes, headers: dict[str, str]) -> int:
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(self._host, self._port, timeout=60)
+            self._used = False
+        try:
+            self._connection.request("POST", f"{self._prefix}/{name}", body=body, headers=headers)
+            response = self._connection.getresponse()
+            response.read()
+        except BaseException:
+            self.close()
+            raise
+        self._used = True
+        if response.will_close:  # the server ends the connection after this response
+            self.close()
+        return response.status
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
 def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], list[float], float]:
     base, worker, count, pool, seed = args  # base: the server's URL up to the source name
     rng = random.Random(seed)
-    session = requests.Session()
+    connection = _Connection(base)
     statuses: dict[int, int] = {}
     latencies: list[float] = []
     cpu_started = time.process_time()
@@ -122,10 +172,47 @@ def _client(args: tuple[str, int, int, int, int]) -> tuple[int, dict[int, int], 
             "X-Hub-Signature": sign_hmac(SECRET.encode(), body, int(time.time())),
         }
         started = time.perf_counter()
-        response = session.post(f"{base}/bench", data=body, headers=headers, timeout=60)
+        status = connection.post("bench", body, headers)
         latencies.append(time.perf_counter() - started)
-        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-    return worker, statuses, latencies, time.process_time() - cpu_started
+        statuses[status] = statuses.get(status, 0) + 1
+    cpu = time.process_time() - cpu_started
+    connection.close()
+    return worker, statuses, latencies, cpu
+
+
+def _is_local(url: str) -> bool:
+    """Whether the database server of ``url`` runs on this machine (loopback address or Unix socket)."""
+    host = make_url(url).host
+    return host in (None, "", "localhost", "::1") or host.startswith("127.") or host.startswith("/")
+
+
+def _postgres_cpu_seconds() -> float | None:
+    """CPU time (user + system) used so far by the PostgreSQL server on this machine: every process named
+    ``postgres`` plus, for the postmaster, its reaped children (backends that already exited). ``None`` when
+    /proc cannot be read or no PostgreSQL process is visible."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except (OSError, ValueError):
+        return None
+    stats: dict[str, list[str]] = {}
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+                continue
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # the process ended meanwhile, or is not ours to read
+        # Fields after "(comm)": state is field 3, so field n is at index n - 3.
+        stats[pid] = stat[stat.rindex(")") + 2 :].split()
+    if not stats:
+        return None
+    total = 0
+    for fields in stats.values():
+        total += int(fields[14 - 3]) + int(fields[15 - 3])  # utime, stime
+        if fields[4 - 3] not in stats:  # the postmaster: its parent is not a postgres process
+            total += int(fields[16 - 3]) + int(fields[17 - 3])  # cutime, cstime of exited backends
+    return total / ticks
 
 
 def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
@@ -144,7 +231,7 @@ def bench_webhooks(url: str, args: argparse.Namespace, data_dir: Path) -> bool:
             secret=SECRET,
             now=utcnow(),
         )
-    run = _drive(app, "/webhooks/cmp", args)
+    run = _drive(app, "/webhooks/cmp", args, url)
     total, statuses, rate = run.requests, run.statuses, run.rate
     app.extensions["hub.engine"].dispose()
 
@@ -172,6 +259,7 @@ class _Run:
     p99_ms: float
     server_cpu_ms: float  # this process (waitress and the request threads) per request
     client_cpu_ms: float  # the client processes per request
+    database_cpu_ms: float | None  # the local PostgreSQL server's processes per request (None: not measurable)
 
     @property
     def rate(self) -> float:
@@ -179,15 +267,17 @@ class _Run:
 
     @property
     def costs(self) -> str:
+        database = "" if self.database_cpu_ms is None else f", database {self.database_cpu_ms:.2f} ms"
         return (
             f"request latency p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; CPU per request: server "
-            f"{self.server_cpu_ms:.2f} ms, clients {self.client_cpu_ms:.2f} ms"
+            f"{self.server_cpu_ms:.2f} ms, clients {self.client_cpu_ms:.2f} ms{database}"
         )
 
 
-def _drive(app: Any, prefix: str, args: argparse.Namespace) -> _Run:
+def _drive(app: Any, prefix: str, args: argparse.Namespace, database_url: str) -> _Run:
     """Serve ``app`` under waitress in this process and post ``args.requests`` signed deliveries to
-    ``<prefix>/bench`` from ``args.clients`` client processes."""
+    ``<prefix>/bench`` from ``args.clients`` client processes. ``database_url`` says whether the PostgreSQL
+    server's CPU time can be measured here (it runs on this machine)."""
     from waitress.server import create_server
 
     server = create_server(app, host="127.0.0.1", port=0, threads=args.threads)
@@ -200,12 +290,15 @@ def _drive(app: Any, prefix: str, args: argparse.Namespace) -> _Run:
     # Warm-up: connection pools, imports, first plans.
     _client((base, 999, 50, args.pool, 0))
     context = multiprocessing.get_context("spawn")
+    local_database = _is_local(database_url)
     with context.Pool(args.clients) as pool:
+        database_started = _postgres_cpu_seconds() if local_database else None
         started = time.perf_counter()
         cpu_started = time.process_time()
         results = pool.map(_client, [(base, w, per_client, args.pool, w + 1) for w in range(args.clients)])
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
+        database_ended = _postgres_cpu_seconds() if database_started is not None else None
     server.close()
 
     statuses: dict[int, int] = {}
@@ -224,6 +317,11 @@ def _drive(app: Any, prefix: str, args: argparse.Namespace) -> _Run:
         p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
         server_cpu_ms=cpu / total * 1000,
         client_cpu_ms=sum(result[3] for result in results) / total * 1000,
+        database_cpu_ms=(
+            None
+            if database_started is None or database_ended is None
+            else (database_ended - database_started) / total * 1000
+        ),
     )
 
 
@@ -253,7 +351,7 @@ def bench_floor(url: str, args: argparse.Namespace) -> bool:
         return {"status": "ignored"}
 
     for label, prefix in (("one INSERT + commit", "/insert"), ("no database", "/nothing")):
-        run = _drive(app, prefix, args)
+        run = _drive(app, prefix, args, url)
         print(
             f"floor ({label}): {run.requests} requests in {run.seconds:.2f} s = {run.rate:.0f} requests/s; "
             f"statuses {run.statuses}; {run.costs}"
@@ -369,7 +467,7 @@ def main() -> int:
     parser.add_argument("sections", nargs="*", metavar="{webhooks,lookup,floor}", default=[])
     parser.add_argument("--postgres-url")
     parser.add_argument("--requests", type=int, default=10_000, help="webhooks to send")
-    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--clients", type=int, default=8, help="client processes (concurrent deliveries)")
     parser.add_argument("--threads", type=int, default=8, help="waitress request threads")
     parser.add_argument("--pool", type=int, default=5_000, help="distinct subjects the webhooks are about")
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows for the lookup benchmark")
