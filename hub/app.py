@@ -13,6 +13,7 @@ from flask_htmx import HTMX
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from hub.cmp.batch import DeliveryBatcher
 from hub.config import Settings, check_database_url, load_settings
 from hub.db import create_db_engine, make_sessionmaker
 from hub.encryption import FieldEncryptor
@@ -79,15 +80,17 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     sessionmaker = make_sessionmaker(engine)
     metrics = Metrics()
     metrics.watch_database(engine)
+    encryptor = FieldEncryptor(settings.encryption_keys)
     app.extensions.update(
         {
             "hub.settings": settings,
             "hub.engine": engine,
             "hub.sessionmaker": sessionmaker,
-            "hub.encryptor": FieldEncryptor(settings.encryption_keys),
+            "hub.encryptor": encryptor,
             "hub.metrics": metrics,
         }
     )
+    app.extensions["hub.cmp_batcher"] = DeliveryBatcher(app.extensions)
 
     from hub.web import database, errors
 

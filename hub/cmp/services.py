@@ -56,9 +56,13 @@ __all__ = [
     "client_address",
     "cmp_identity",
     "inbox_body",
+    "inbox_row",
     "load_source",
+    "mark_inbox_rows",
     "parse_delivery",
     "process_delivery",
+    "record_proof",
+    "short_text",
     "store_delivery",
 ]
 
@@ -315,28 +319,46 @@ def store_delivery(
     The row is written with its final status when nothing goes wrong: ``failed`` with the reason when the body
     cannot be processed as sent (or ``failure`` is given: processing failed and was rolled back), else
     ``processed`` with the CMP's event id, which ``process_delivery`` completes in the same transaction."""
-    kept = {name: value for name in KEPT_HEADERS if (value := headers.get(name))}
-    if remote_addr:
-        kept["remote_addr"] = remote_addr
-    if failure is None and parsed.rejection is not None:
-        failure = rejection_text(parsed.rejection)
-    parameters: dict[str, Any] = {
-        "new_source_id": source.id,
-        "new_received_at": now,
-        "new_body": _encrypt(encryptor, body),
-        "new_body_sha256": parsed.body_sha256,
-        "new_event_key": None if failure is not None else parsed.event_key,
-        "new_headers": kept,
-        "new_status": "processed" if failure is None else "failed",
-        "new_error": None if failure is None else failure[:2000],
-        "new_processed_at": now,
-        "earlier_body_sha256": parsed.body_sha256,
-    }
+    values = inbox_row(
+        encryptor, source, parsed, body=body, headers=headers, remote_addr=remote_addr, now=now, failure=failure
+    )
+    parameters: dict[str, Any] = {f"new_{name}": value for name, value in values.items()}
+    parameters["earlier_body_sha256"] = parsed.body_sha256
     if parsed.event_key is not None:
         parameters["earlier_event_key"] = parsed.event_key
     row = session.execute(_INBOX_INSERT[parsed.event_key is not None], parameters).one()
     earlier = [found for found in row[1:] if found is not None]
     return StoredDelivery(inbox_id=row.id, body_sha256=parsed.body_sha256, duplicate_of=min(earlier, default=None))
+
+
+def inbox_row(
+    encryptor: FieldEncryptor,
+    source: SourceConfig,
+    parsed: ParsedDelivery,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    remote_addr: str | None,
+    now: datetime,
+    failure: str | None = None,
+) -> dict[str, Any]:
+    """The ``cmp_inbox`` row of a delivery, by column (see ``store_delivery``)."""
+    kept = {name: value for name in KEPT_HEADERS if (value := headers.get(name))}
+    if remote_addr:
+        kept["remote_addr"] = remote_addr
+    if failure is None and parsed.rejection is not None:
+        failure = rejection_text(parsed.rejection)
+    return {
+        "source_id": source.id,
+        "received_at": now,
+        "body": _encrypt(encryptor, body),
+        "body_sha256": parsed.body_sha256,
+        "event_key": None if failure is not None else parsed.event_key,
+        "headers": kept,
+        "status": "processed" if failure is None else "failed",
+        "error": None if failure is None else failure[:2000],
+        "processed_at": now,
+    }
 
 
 def _encrypt(encryptor: FieldEncryptor, body: bytes) -> bytes:
@@ -399,6 +421,12 @@ def _mark(session: Session, inbox_id: int, status: str, note: str | None) -> Non
     session.execute(_MARK, {"inbox_id": inbox_id, "status": status, "note": note})
 
 
+def mark_inbox_rows(session: Session, marks: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite inbox rows' status and note (``{"inbox_id", "status", "note"}`` each) in one statement."""
+    if marks:
+        session.execute(_MARK, list(marks))
+
+
 def process_delivery(
     session: Session,
     encryptor: FieldEncryptor,
@@ -446,19 +474,12 @@ def process_delivery(
                 collected_at=submission.collected_at,
                 source=source.record_source,
                 source_event_id=submission.source_event_id[:255],
-                legal_basis=_short(submission.legal_basis),
-                regulation=_short(submission.regulation),
+                legal_basis=short_text(submission.legal_basis),
+                regulation=short_text(submission.regulation),
                 region=submission.region,
                 notice_version=submission.notice_version[:120] if submission.notice_version else None,
                 expires_at=submission.expires_at,
-                proof={
-                    "inbox_id": stored.inbox_id,
-                    "body_sha256": stored.body_sha256,
-                    "tc_string": submission.tc_string,
-                    "gpp_string": submission.gpp_string,
-                    "usp_string": submission.usp_string,
-                    "gpc": submission.gpc,
-                },
+                proof=record_proof(submission, stored.inbox_id, stored.body_sha256),
                 now=now,
             )
         except ConsentInputError as error:
@@ -474,8 +495,21 @@ def process_delivery(
     )
 
 
-def _short(value: str | None) -> str | None:
+def short_text(value: str | None) -> str | None:
+    """A CMP's legal basis or regulation code as the ledger keeps it (at most 40 characters)."""
     return value[:40] if value else None
+
+
+def record_proof(submission: ConsentSubmission, inbox_id: int, body_sha256: str) -> dict[str, Any]:
+    """The evidence a ledger row keeps of the delivery that carried it (no raw identifiers)."""
+    return {
+        "inbox_id": inbox_id,
+        "body_sha256": body_sha256,
+        "tc_string": submission.tc_string,
+        "gpp_string": submission.gpp_string,
+        "usp_string": submission.usp_string,
+        "gpc": submission.gpc,
+    }
 
 
 def _one_status_per_purpose(submissions: Sequence[ConsentSubmission]) -> list[ConsentSubmission]:

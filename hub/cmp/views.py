@@ -1,16 +1,19 @@
 """``POST /webhooks/cmp/<source>``: CMP consent webhooks (CONTRACT.md "CMP webhooks").
 
-One unit of work on the request's session, so nothing a CMP sent is lost and nothing unauthenticated is kept:
+A delivery is handed to the process's group commit (``hub.cmp.batch``), which processes it with the deliveries
+that arrive alongside it in one transaction and answers it once that transaction is committed. What the batch
+leaves (anything but the common case, or everything when the batch fails) is processed here, one delivery in
+one unit of work on the request's session, with the same answers:
 
 1. look the source up and authenticate (unknown/disabled → 404, wrong address → 403, bad credentials → 401;
    nothing stored);
 2. store the raw delivery in ``cmp_inbox`` (the same statement finds an earlier copy) and process it in the
    same transaction, committed once by ``hub.web.database`` before the CMP gets its 2xx.
 
-A CMP is answered 2xx only after the raw body and its effects are durable together. If hub stops before the
-commit, nothing of the delivery is kept, but the CMP got no 2xx either and sends it again (every CMP retries,
-reference/consent.md §1); storing the inbox row in a transaction of its own first would cost a second commit
-per delivery without keeping anything the CMP would not send again.
+Either way a CMP is answered 2xx only after the raw body and its effects are durable together. If hub stops
+before the commit, nothing of the delivery is kept, but the CMP got no 2xx either and sends it again (every CMP
+retries, reference/consent.md §1); storing the inbox row in a transaction of its own first would cost a second
+commit per delivery without keeping anything the CMP would not send again.
 
 When processing fails, all of it is rolled back and the raw body is stored again, marked ``failed`` with the
 error, and committed on its own before the error answer — it stays for a retry or a fix of the source's mapping.
@@ -22,18 +25,15 @@ delivery two more round trips.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy.orm import Session
 
+from hub.cmp.batch import REQUEST_HEADERS, Answer, Delivery, admit
 from hub.cmp.services import (
     DeliveryRejected,
     ParsedDelivery,
     SourceConfig,
-    WebhookAuthError,
-    authenticate,
-    load_source,
     parse_delivery,
     process_delivery,
     rejection_text,
@@ -46,9 +46,6 @@ from hub.web.errors import ApiError
 log = logging.getLogger(__name__)
 
 bp = Blueprint("cmp_webhooks", __name__)
-
-# Unknown source names come from the URL: one label for all of them keeps the metric's cardinality bounded.
-UNKNOWN_SOURCE_LABEL = "_unknown"
 
 
 def _count(source: str, result: str) -> None:
@@ -69,7 +66,7 @@ def _rejected(error: DeliveryRejected) -> ApiError:
 
 
 def _keep_failed(
-    session: Session, source: SourceConfig, parsed: ParsedDelivery, body: bytes, failure: str, received_at: datetime
+    session: Session, source: SourceConfig, parsed: ParsedDelivery, delivery: Delivery, failure: str
 ) -> None:
     # The processing work is rolled back with the inbox row written alongside it; the body is stored again,
     # marked failed, and committed on its own so it stays whatever the answer.
@@ -79,10 +76,10 @@ def _keep_failed(
         current_app.extensions["hub.encryptor"],
         source,
         parsed,
-        body=body,
-        headers=request.headers,
-        remote_addr=request.remote_addr,
-        now=received_at,
+        body=delivery.body,
+        headers=delivery.headers,
+        remote_addr=delivery.remote_addr,
+        now=delivery.received_at,
         failure=failure,
     )
     session.commit()
@@ -90,55 +87,58 @@ def _keep_failed(
 
 @bp.post("/webhooks/cmp/<source_name>")
 def receive(source_name: str) -> Response:
+    _release_request_session()
+    delivery = Delivery(
+        source_name=source_name,
+        body=request.get_data(cache=False),
+        headers={name: value for name in REQUEST_HEADERS if (value := request.headers.get(name)) is not None},
+        remote_addr=request.remote_addr,
+        received_at=utcnow(),
+    )
+    answer = current_app.extensions["hub.cmp_batcher"].submit(delivery) or _one_by_one(delivery)
+    _count(answer.source, answer.result)
+    if answer.error is not None:
+        raise _rejected(answer.error)
+    assert answer.outcome is not None
+    # Committed already (a batch), or by ``hub.web.database`` before the answer leaves: a failed commit answers
+    # 503 and the CMP retries.
+    return jsonify(answer.outcome.as_dict())
+
+
+def _one_by_one(delivery: Delivery) -> Answer:
     encryptor = current_app.extensions["hub.encryptor"]
     settings = current_app.extensions["hub.settings"]
-    _release_request_session()
-    body = request.get_data(cache=False)
-    received_at = utcnow()
-
     session = get_session()
-    source = load_source(session, encryptor, source_name)
-    if source is None:
-        _count(UNKNOWN_SOURCE_LABEL, "not_found")
-        raise ApiError(404, "not_found", f"No enabled CMP source is called {source_name!r}.")
-    try:
-        authenticate(source, headers=request.headers, body=body, remote_addr=request.remote_addr, now=received_at)
-    except WebhookAuthError as error:
-        log.warning("CMP webhook for %s refused: %s", source.name, error.reason)
-        _count(source.name, "forbidden" if error.status == 403 else "unauthenticated")
-        if error.status == 403:
-            raise ApiError(403, "forbidden", "This address may not deliver to this source.") from None
-        raise ApiError(401, "unauthenticated", "The request's credentials were not accepted.") from None
+    source, refusal = admit(session, encryptor, delivery)
+    if refusal is not None:
+        return refusal
+    assert source is not None
     # Parsed before storing (pure) so the inbox insert also finds an earlier copy by body or CMP event id.
-    parsed = parse_delivery(source, body)
+    parsed = parse_delivery(source, delivery.body)
     stored = store_delivery(
         session,
         encryptor,
         source,
         parsed,
-        body=body,
-        headers=request.headers,
-        remote_addr=request.remote_addr,
-        now=received_at,
+        body=delivery.body,
+        headers=delivery.headers,
+        remote_addr=delivery.remote_addr,
+        now=delivery.received_at,
     )
     if parsed.rejection is not None and stored.duplicate_of is None:
         # Stored as failed with the reason: committed here, because an error answer rolls the request back.
         session.commit()
-        _count(source.name, "failed")
-        raise _rejected(parsed.rejection)
+        return Answer(source.name, "failed", error=parsed.rejection)
 
     try:
-        outcome = process_delivery(session, encryptor, settings, source, parsed, stored, now=received_at)
+        outcome = process_delivery(session, encryptor, settings, source, parsed, stored, now=delivery.received_at)
         session.flush()
     except DeliveryRejected as error:
-        _keep_failed(session, source, parsed, body, rejection_text(error), received_at)
-        _count(source.name, "failed")
-        raise _rejected(error) from None
+        _keep_failed(session, source, parsed, delivery, rejection_text(error))
+        return Answer(source.name, "failed", error=error)
     except Exception as error:
         log.exception("CMP webhook %s: processing a delivery failed; its body is kept as failed", source.name)
-        _keep_failed(session, source, parsed, body, f"internal error: {type(error).__name__}: {error}", received_at)
+        _keep_failed(session, source, parsed, delivery, f"internal error: {type(error).__name__}: {error}")
         _count(source.name, "error")
         raise
-    # Committed by ``hub.web.database`` before the answer leaves: a failed commit answers 503 and the CMP retries.
-    _count(source.name, outcome.status)
-    return jsonify(outcome.as_dict())
+    return Answer(source.name, outcome.status, outcome=outcome)

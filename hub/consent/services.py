@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,8 @@ __all__ = [
     "LEGAL_BASES",
     "PROOF_KEYS",
     "PURPOSE_KINDS",
+    "BatchNotApplicable",
+    "ConsentDecision",
     "ConsentInputError",
     "ProjectionMismatch",
     "PurposeError",
@@ -55,6 +57,7 @@ __all__ = [
     "purpose_names",
     "rebuild_consent_state",
     "record_consent",
+    "record_consent_many",
     "records_for_event",
     "remove_purpose",
     "verify_projection",
@@ -448,6 +451,179 @@ def records_for_event(session: Session, profile_id: str, source: str, source_eve
     )
 
 
+@dataclass(frozen=True)
+class ConsentDecision:
+    """One ``record_consent`` call's arguments, for ``record_consent_many``. ``profile_id`` must be a cluster root
+    (what identity resolution answers)."""
+
+    profile_id: str
+    purposes: Mapping[str, str]
+    collected_at: datetime
+    source: str
+    source_event_id: str
+    legal_basis: str | None = None
+    regulation: str | None = None
+    region: str | None = None
+    notice_version: str | None = None
+    expires_at: datetime | None = None
+    proof: Mapping[str, Any] = field(default_factory=dict)
+
+
+class BatchNotApplicable(Exception):
+    """A decision of the batch needs ``record_consent`` to answer it: its input is invalid, a purpose is not in
+    the catalogue, or its person is no longer a cluster root (merged or erased since resolution) or is gone.
+    Nothing was written; the caller rolls back or records the decisions one by one."""
+
+
+# Every root of a batch locked in id order (concurrent batches wait for each other instead of deadlocking), with
+# the catalogue's count of the batch's purposes.
+_LOCK_ROOTS = (
+    select(
+        _PROFILES.c.id,
+        _PROFILES.c.merged_into_id,
+        _PROFILES.c.erased_at,
+        select(func.count())
+        .select_from(Purpose.__table__)
+        .where(Purpose.__table__.c.name.in_(bindparam("names", expanding=True)))
+        .scalar_subquery()
+        .label("known"),
+    )
+    .where(_PROFILES.c.id.in_(bindparam("roots", expanding=True)))
+    .order_by(_PROFILES.c.id)
+    .with_for_update(of=_PROFILES)
+)
+_MEMBERS = Profile.__table__.alias("member")
+# The roots' projection rows, and the ledger rows the roots' clusters already hold for the batch's CMP events
+# (probing the ledger's unique index by source and event id). The projection branch comes first so its column
+# types decode the result.
+_MANY_SEEN_AND_STATE = union_all(
+    select(
+        literal("state").label("kind"),
+        _STATE.c.profile_id.label("root"),
+        _STATE.c.purpose,
+        _STATE.c.status,
+        _STATE.c.collected_at,
+        _STATE.c.expires_at,
+        _STATE.c.record_id,
+        null().label("source"),
+        null().label("source_event_id"),
+    ).where(_STATE.c.profile_id.in_(bindparam("roots", expanding=True))),
+    select(
+        literal("seen"),
+        func.coalesce(_MEMBERS.c.merged_into_id, _MEMBERS.c.id),
+        _RECORDS.c.purpose,
+        null(),
+        null(),
+        null(),
+        null(),
+        _RECORDS.c.source,
+        _RECORDS.c.source_event_id,
+    )
+    .select_from(_RECORDS.join(_MEMBERS, _MEMBERS.c.id == _RECORDS.c.profile_id))
+    .where(
+        _RECORDS.c.source.in_(bindparam("sources", expanding=True)),
+        _RECORDS.c.source_event_id.in_(bindparam("event_ids", expanding=True)),
+        _MEMBERS.c.id.in_(bindparam("roots", expanding=True))
+        | _MEMBERS.c.merged_into_id.in_(bindparam("roots", expanding=True)),
+    ),
+)
+
+
+def record_consent_many(
+    session: Session, decisions: Sequence[ConsentDecision], *, now: datetime
+) -> list[list[RecordedConsent]]:
+    """What ``record_consent`` returns for each decision called in order, in four statements whatever the batch
+    size: lock the roots (and count the purposes in the catalogue), read their projection and what their
+    clusters hold for the batch's events, append the ledger rows, upsert the projection.
+
+    Raises ``BatchNotApplicable`` (nothing written) when a decision is one ``record_consent`` would refuse or
+    that it would follow to another profile; the caller then records them one by one.
+    """
+    if not decisions:
+        return []
+    for decision in decisions:
+        try:
+            _validate(
+                session,
+                decision.purposes,
+                collected_at=decision.collected_at,
+                source=decision.source,
+                source_event_id=decision.source_event_id,
+                legal_basis=decision.legal_basis,
+                regulation=decision.regulation,
+                region=decision.region,
+                notice_version=decision.notice_version,
+                expires_at=decision.expires_at,
+                proof=decision.proof,
+                now=now,
+                known=frozenset(decision.purposes),
+            )
+        except ConsentInputError:
+            raise BatchNotApplicable("a decision is invalid") from None
+    roots = sorted({decision.profile_id for decision in decisions})
+    names = sorted({purpose for decision in decisions for purpose in decision.purposes})
+    locked = session.execute(_LOCK_ROOTS, {"roots": roots, "names": names}).all()
+    if len(locked) != len(roots) or any(row.merged_into_id is not None or row.erased_at is not None for row in locked):
+        raise BatchNotApplicable("a person was merged, erased or removed since resolution")
+    if locked[0].known != len(names):
+        raise BatchNotApplicable("a purpose is not in the catalogue")
+
+    parameters = {
+        "roots": roots,
+        "sources": sorted({decision.source for decision in decisions}),
+        "event_ids": sorted({decision.source_event_id for decision in decisions}),
+    }
+    states: dict[str, dict[str, ConsentFact]] = {root: {} for root in roots}
+    seen: set[tuple[str, str, str, str]] = set()
+    for row in session.execute(_MANY_SEEN_AND_STATE, parameters):
+        if row.kind == "seen":
+            seen.add((row.root, row.source, row.source_event_id, row.purpose))
+        else:
+            states[row.root][row.purpose] = ConsentFact(
+                id=row.record_id,
+                purpose=row.purpose,
+                status=row.status,
+                collected_at=row.collected_at,
+                expires_at=row.expires_at,
+            )
+
+    rows: list[dict[str, Any]] = []
+    owners: list[int] = []
+    for index, decision in enumerate(decisions):
+        shared = {
+            "profile_id": decision.profile_id,
+            "collected_at": decision.collected_at,
+            "received_at": now,
+            "source": decision.source,
+            "source_event_id": decision.source_event_id,
+            "legal_basis": decision.legal_basis,
+            "regulation": decision.regulation,
+            "region": decision.region,
+            "notice_version": decision.notice_version,
+            "expires_at": decision.expires_at,
+            "proof": dict(decision.proof),
+        }
+        for purpose, status in sorted(decision.purposes.items()):
+            key = (decision.profile_id, decision.source, decision.source_event_id, purpose)
+            if key in seen:
+                continue  # recorded before, or by an earlier decision of this batch
+            seen.add(key)
+            rows.append({**shared, "purpose": purpose, "status": status})
+            owners.append(index)
+    recorded: list[list[RecordedConsent]] = [[] for _ in decisions]
+    if not rows:
+        return recorded
+    ids = session.execute(_INSERT_RECORDS, rows).scalars().all()
+    changed: dict[tuple[str, str], ConsentFact] = {}
+    for record_id, row, owner in zip(ids, rows, owners, strict=True):
+        record = RecordedConsent(id=record_id, **row)
+        recorded[owner].append(record)
+        for purpose, fact in _fold(states[record.profile_id], [record]).items():
+            changed[(record.profile_id, purpose)] = fact
+    _write_projection(session, [(root, fact) for (root, _purpose), fact in sorted(changed.items())], now)
+    return recorded
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Projection
 # ----------------------------------------------------------------------------------------------------------
@@ -464,6 +640,13 @@ def _advance_projection(
     lock): each purpose keeps whichever of its current row and the new fact sorts last in force order
     (``latest_by_purpose`` of the two). Equal to a rebuild as long as the projection was (``verify_projection``
     proves it). Every changed row is written by one INSERT ... ON CONFLICT DO UPDATE."""
+    changed = _fold(state, records)
+    _write_projection(session, [(profile_id, fact) for _purpose, fact in sorted(changed.items())], now)
+
+
+def _fold(state: dict[str, ConsentFact], records: Sequence[ConsentRecord | RecordedConsent]) -> dict[str, ConsentFact]:
+    """Fold ``records`` (one person's, in insertion order) into ``state`` in place; the purposes whose row
+    changed, with their new fact."""
     changed: dict[str, ConsentFact] = {}
     for record in records:
         fact = ConsentFact(
@@ -477,7 +660,12 @@ def _advance_projection(
         current = state.get(record.purpose)
         if current is None or ConsentLedger([current, fact]).latest_by_purpose()[record.purpose] is fact:
             state[record.purpose] = changed[record.purpose] = fact
-    if not changed:
+    return changed
+
+
+def _write_projection(session: Session, rows: Sequence[tuple[str, ConsentFact]], now: datetime) -> None:
+    """Upsert projection rows ``(profile_id, fact)`` (at most one per profile and purpose) in one statement."""
+    if not rows:
         return
     session.execute(
         _projection_upsert(session.get_bind().dialect.name),
@@ -491,15 +679,15 @@ def _advance_projection(
                 "record_id": int(fact.id),
                 "updated_at": now,
             }
-            for _purpose, fact in sorted(changed.items())
+            for profile_id, fact in rows
         ],
     )
     # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM). Building
     # identity keys is not free, and a session that loaded no objects at all (a webhook's) has nothing to expire.
     if not session.identity_map:
         return
-    for purpose in changed:
-        loaded = session.identity_map.get(session.identity_key(ConsentState, (profile_id, purpose)))
+    for profile_id, fact in rows:
+        loaded = session.identity_map.get(session.identity_key(ConsentState, (profile_id, fact.purpose)))
         if loaded is not None:
             session.expire(loaded)
 

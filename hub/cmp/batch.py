@@ -1,0 +1,510 @@
+"""Group commit for CMP webhook deliveries: concurrent deliveries share one transaction and one commit.
+
+A CMP is answered 2xx only once the delivery's raw body and its consent records are committed (``hub.cmp.views``).
+Done one delivery per transaction, every webhook pays for its own connection check-out, source look-up, half a
+dozen statements and a commit, and that per-request cost, not the work, bounds how many webhooks a process
+takes. Here the request threads of one process hand their deliveries to whichever of them is not waiting for an
+answer (the *leader*); it processes everything queued as one batch — one source look-up per source, one inbox
+INSERT, one identity resolution (``resolve_many``), one consent write (``record_consent_many``) — commits once and
+answers every delivery of the batch. While it works, new deliveries queue for the next batch, so batches grow with
+the load and a lone delivery is processed at once (a batch of one).
+
+The guarantee is unchanged: a delivery is answered only after its batch is committed, with the same answer the
+one-by-one path gives (``tests/db/cmp/test_cmp_batch.py`` compares the two). The batch takes the common case: a
+delivery that authenticates, parses and names a person by hub identifiers. Anything else — a body that cannot be
+processed as sent, CMP user ids to link, a subject the resolution cannot settle, a person merged or erased
+under it — is answered ``None`` and its request thread processes it one by one; if the batch as a whole fails
+(a conflict with a concurrent writer, a database error), it is rolled back and every delivery goes one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import bindparam, insert, select, union_all
+from sqlalchemy.orm import Session, sessionmaker
+
+from hub.cmp.adapters import ConsentSubmission
+from hub.cmp.models import CmpInboxItem
+from hub.cmp.services import (
+    KEPT_HEADERS,
+    DeliveryOutcome,
+    DeliveryRejected,
+    ParsedDelivery,
+    SourceConfig,
+    WebhookAuthError,
+    authenticate,
+    inbox_row,
+    load_source,
+    mark_inbox_rows,
+    parse_delivery,
+    record_proof,
+    short_text,
+    store_delivery,
+)
+from hub.config import Settings
+from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
+from hub.db import utcnow
+from hub.encryption import FieldEncryptor
+from hub.profiles.identifiers import identifier_candidates
+from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "REQUEST_HEADERS",
+    "UNKNOWN_SOURCE_LABEL",
+    "Answer",
+    "Delivery",
+    "DeliveryBatcher",
+    "GroupCommit",
+    "admit",
+    "process_batch",
+]
+
+# What a delivery keeps of its request: the headers authentication reads and those the inbox keeps as evidence.
+REQUEST_HEADERS = (*KEPT_HEADERS, "Authorization")
+# Unknown source names come from the URL: one label for all of them keeps the metric's cardinality bounded.
+UNKNOWN_SOURCE_LABEL = "_unknown"
+# Deliveries per batch at most: one statement's parameters stay small, and a batch's answers wait for all of it.
+MAX_BATCH = 64
+# Batches of one process in flight at once.
+CONCURRENT_BATCHES = 1
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook request as the batch needs it, read from the request by its thread."""
+
+    source_name: str
+    body: bytes
+    headers: Mapping[str, str]
+    remote_addr: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A delivery's answer: ``outcome`` (2xx) or ``error`` (4xx); ``source`` and ``result`` label the webhook
+    metric."""
+
+    source: str
+    result: str
+    outcome: DeliveryOutcome | None = None
+    error: DeliveryRejected | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Leader/follower batching
+# ----------------------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class _Job(Generic[T, R]):
+    item: T
+    ready: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    result: R | None = None
+
+
+class GroupCommit(Generic[T, R]):
+    """Runs ``work`` over items submitted from many threads, a batch at a time, in the submitting threads.
+
+    ``submit`` queues an item; when fewer than ``concurrency`` batches are running, the calling thread becomes a
+    leader and runs ``work`` over everything queued (at most ``max_batch``), including its own item, then hands
+    the lead to the oldest item still queued, if any, and returns its own result. Other callers sleep until their
+    batch is done. No thread of its own: nothing to start after a fork or to stop at exit, and a lone item waits
+    for nobody. Two batches at a time let one commit while the other is worked on.
+
+    ``work`` returns one result per item; if it raises, every item of the batch gets ``None`` (logged).
+    """
+
+    def __init__(
+        self,
+        work: Callable[[Sequence[T]], Sequence[R | None]],
+        *,
+        max_batch: int = MAX_BATCH,
+        concurrency: int = CONCURRENT_BATCHES,
+    ) -> None:
+        self._work = work
+        self._max_batch = max_batch
+        self._concurrency = concurrency
+        self._lock = threading.Lock()
+        self._queue: list[_Job[T, R]] = []
+        self._running = 0
+        self.batches = 0  # batches run, and the items they held (read by benchmarks; no lock needed for that)
+        self.items = 0
+
+    def submit(self, item: T) -> R | None:
+        job: _Job[T, R] = _Job(item)
+        with self._lock:
+            if self._running < self._concurrency:
+                self._running += 1
+                job.lead = True
+            else:
+                self._queue.append(job)  # the queue holds the items waiting for a leader, oldest first
+        if not job.lead:
+            job.ready.wait()
+            if not job.lead:
+                return job.result
+        return self._run(job)
+
+    def _run(self, job: _Job[T, R]) -> R | None:
+        with self._lock:
+            batch = [job, *self._queue[: self._max_batch - 1]]
+            del self._queue[: self._max_batch - 1]
+            self.batches += 1
+            self.items += len(batch)
+        try:
+            results = self._work([member.item for member in batch])
+            for member, result in zip(batch, results, strict=True):
+                member.result = result
+        except Exception:
+            log.exception("a batch of %d failed; its items go one by one", len(batch))
+            for member in batch:
+                member.result = None
+        finally:
+            with self._lock:
+                # The lead passes to the oldest waiting item, taken off the queue so no other leader takes it.
+                successor = self._queue.pop(0) if self._queue else None
+                if successor is None:
+                    self._running -= 1
+                else:
+                    successor.lead = True
+            for member in batch[1:]:
+                member.ready.set()
+            if successor is not None:
+                successor.ready.set()
+        return job.result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Admission: source, credentials
+# ----------------------------------------------------------------------------------------------------------
+
+
+def admit(session: Session, encryptor: FieldEncryptor, delivery: Delivery) -> tuple[SourceConfig | None, Answer | None]:
+    """The delivery's enabled source, or the answer refusing it: unknown or disabled source (404), address not
+    allowed (403), credentials not accepted (401). Nothing is stored for a refused delivery."""
+    source = load_source(session, encryptor, delivery.source_name)
+    if source is None:
+        message = f"No enabled CMP source is called {delivery.source_name!r}."
+        return None, Answer(UNKNOWN_SOURCE_LABEL, "not_found", error=DeliveryRejected(404, "not_found", message))
+    return source, _authenticated(source, delivery)
+
+
+def _authenticated(source: SourceConfig, delivery: Delivery) -> Answer | None:
+    try:
+        authenticate(
+            source,
+            headers=delivery.headers,
+            body=delivery.body,
+            remote_addr=delivery.remote_addr,
+            now=delivery.received_at,
+        )
+    except WebhookAuthError as error:
+        log.warning("CMP webhook for %s refused: %s", source.name, error.reason)
+        if error.status == 403:
+            refusal = DeliveryRejected(403, "forbidden", "This address may not deliver to this source.")
+            return Answer(source.name, "forbidden", error=refusal)
+        refusal = DeliveryRejected(401, "unauthenticated", "The request's credentials were not accepted.")
+        return Answer(source.name, "unauthenticated", error=refusal)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A batch
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A delivery the batch takes: authenticated, parsed to one submission about a person named by hub
+    identifiers."""
+
+    index: int
+    delivery: Delivery
+    source: SourceConfig
+    parsed: ParsedDelivery
+    submission: ConsentSubmission
+    prepared: PreparedIdentity
+
+
+class _OneByOne(Exception):
+    """The batch holds a delivery only the one-by-one path answers (its outcome depends on the rest)."""
+
+
+class DeliveryBatcher(GroupCommit[Delivery, Answer]):
+    """The process's group commit for CMP deliveries (``hub.cmp.views``). ``extensions``: the app's, read when a
+    batch runs (the session factory, encryptor and settings the app holds then)."""
+
+    def __init__(self, extensions: Mapping[str, Any]) -> None:
+        super().__init__(
+            lambda deliveries: process_batch(
+                extensions["hub.sessionmaker"], extensions["hub.encryptor"], extensions["hub.settings"], deliveries
+            )
+        )
+
+
+def process_batch(
+    sessions: sessionmaker[Session], encryptor: FieldEncryptor, settings: Settings, deliveries: Sequence[Delivery]
+) -> list[Answer | None]:
+    """Answer the deliveries the batch takes, committed together; ``None`` for the others (and for all of them
+    when the batch fails): their request threads process them one by one."""
+    session = sessions()
+    try:
+        answers = _unprepared(session, lambda: _process(session, encryptor, settings, deliveries))
+        session.commit()
+        return answers
+    except (_OneByOne, BatchNotApplicable) as error:
+        log.debug("a batch of %d deliveries goes one by one: %s", len(deliveries), error)
+    except Exception as error:
+        # A conflict with a concurrent writer, a database error: one by one, each answered on its own.
+        log.warning("a batch of %d deliveries failed (%s); they go one by one", len(deliveries), type(error).__name__)
+    finally:
+        session.rollback()
+        session.close()
+    return [None] * len(deliveries)
+
+
+def _unprepared(session: Session, run: Callable[[], list[Answer | None]]) -> list[Answer | None]:
+    """``run()`` with PostgreSQL statements sent unprepared on the session's connection.
+
+    A batch's statements take lists whose length varies with the batch. psycopg would prepare them after a few
+    runs, and PostgreSQL then keeps, per connection and list length, a generic plan made while the tables were
+    small (and, without statistics, for good): scans of a whole source's inbox or ledger. Sent unprepared, each
+    is planned for its values and probes the indexes; planning costs far less than one such scan. The setting
+    is restored before the commit, while the connection is still this session's."""
+    if session.get_bind().dialect.name != "postgresql":
+        return run()
+    driver = session.connection().connection.driver_connection
+    threshold = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        return run()
+    finally:
+        driver.prepare_threshold = threshold
+
+
+def _eligible(settings: Settings, parsed: ParsedDelivery) -> tuple[ConsentSubmission, PreparedIdentity] | None:
+    """The delivery's submission and its subject prepared for resolution, when the batch can take it."""
+    if parsed.rejection is not None or len(parsed.submissions) != 1:
+        return None
+    [submission] = parsed.submissions
+    if submission.cmp_identities or not submission.subject or not submission.purposes:
+        return None
+    prepared = prepare_identity(dict(submission.subject), region=submission.region, settings=settings)
+    if prepared.errors or not identifier_candidates(prepared.normalized):
+        return None
+    return submission, prepared
+
+
+def _process(
+    session: Session, encryptor: FieldEncryptor, settings: Settings, deliveries: Sequence[Delivery]
+) -> list[Answer | None]:
+    answers: list[Answer | None] = [None] * len(deliveries)
+    admitted: dict[str, tuple[SourceConfig | None, Answer | None]] = {}
+    items: list[_Item] = []
+    for index, delivery in enumerate(deliveries):
+        if delivery.source_name not in admitted:
+            admitted[delivery.source_name] = admit(session, encryptor, delivery)
+            source, refusal = admitted[delivery.source_name]
+        else:
+            source, refusal = admitted[delivery.source_name]
+            if source is not None:
+                refusal = _authenticated(source, delivery)
+        if source is None or refusal is not None:
+            answers[index] = refusal
+            continue
+        parsed = parse_delivery(source, delivery.body)
+        eligible = _eligible(settings, parsed)
+        if eligible is not None:
+            items.append(_Item(index, delivery, source, parsed, *eligible))
+    if not items:
+        return answers
+
+    now = utcnow()
+    inbox_ids, duplicate_of = _store(session, encryptor, items, now)
+    notes: dict[int, list[str]] = {}
+    fresh: list[_Item] = []
+    for item, earlier in zip(items, duplicate_of, strict=True):
+        if earlier is None:
+            fresh.append(item)
+            notes[item.index] = [f"ignored {label}" for label in item.submission.ignored]
+            continue
+        answers[item.index] = Answer(
+            item.source.name,
+            "duplicate",
+            outcome=DeliveryOutcome("duplicate", notes=(f"same body or event id as delivery {earlier}",)),
+        )
+    marks = [
+        {
+            "inbox_id": inbox_ids[item.index],
+            "status": "duplicate",
+            "note": f"same body or CMP event id as inbox item {earlier}",
+        }
+        for item, earlier in zip(items, duplicate_of, strict=True)
+        if earlier is not None
+    ]
+
+    profiles = _resolve(session, encryptor, settings, fresh, notes, now)
+    decisions: list[ConsentDecision] = []
+    decided: list[_Item] = []
+    for item in fresh:
+        profile_id = profiles[item.index]
+        if profile_id is None:
+            continue
+        submission = item.submission
+        decisions.append(
+            ConsentDecision(
+                profile_id=profile_id,
+                purposes=submission.purposes,
+                collected_at=submission.collected_at,
+                source=item.source.record_source,
+                source_event_id=submission.source_event_id[:255],
+                legal_basis=short_text(submission.legal_basis),
+                regulation=short_text(submission.regulation),
+                region=submission.region,
+                notice_version=submission.notice_version[:120] if submission.notice_version else None,
+                expires_at=submission.expires_at,
+                proof=record_proof(submission, inbox_ids[item.index], item.parsed.body_sha256),
+            )
+        )
+        decided.append(item)
+    recorded = dict(
+        zip((item.index for item in decided), record_consent_many(session, decisions, now=now), strict=True)
+    )
+    for item in fresh:
+        records = recorded.get(item.index, [])
+        kept = tuple(notes[item.index])
+        answers[item.index] = Answer(
+            item.source.name,
+            "processed",
+            outcome=DeliveryOutcome(
+                "processed",
+                records=len(records),
+                profile_id=profiles[item.index],
+                record_ids=tuple(record.id for record in records),
+                notes=kept,
+            ),
+        )
+        if kept:
+            marks.append({"inbox_id": inbox_ids[item.index], "status": "processed", "note": "; ".join(kept)[:2000]})
+    mark_inbox_rows(session, marks)
+    return answers
+
+
+_INBOX = CmpInboxItem.__table__
+_INSERT_INBOX_ROWS = insert(_INBOX).returning(_INBOX.c.id, sort_by_parameter_order=True)
+
+
+def _earlier_copies_statement() -> Any:
+    """Processed (or repeat) deliveries of the batch's sources with one of its bodies or CMP event ids: each
+    branch probes its own index, (source_id, body_sha256, id) and (source_id, event_key, id)."""
+    handled = (_INBOX.c.status == "processed") | (_INBOX.c.status == "duplicate")
+    columns = (_INBOX.c.id, _INBOX.c.source_id, _INBOX.c.body_sha256, _INBOX.c.event_key)
+    sources = _INBOX.c.source_id.in_(bindparam("source_ids", expanding=True))
+    return union_all(
+        select(*columns).where(sources, _INBOX.c.body_sha256.in_(bindparam("bodies", expanding=True)), handled),
+        select(*columns).where(sources, _INBOX.c.event_key.in_(bindparam("event_keys", expanding=True)), handled),
+    )
+
+
+_EARLIER_COPIES = _earlier_copies_statement()
+
+
+def _store(
+    session: Session, encryptor: FieldEncryptor, items: Sequence[_Item], now: datetime
+) -> tuple[dict[int, int], list[int | None]]:
+    """Insert the batch's inbox rows (``processed``; repeats are marked afterwards); their ids by delivery index
+    and, per item, the earliest earlier delivery with the same body or CMP event id (stored before the batch,
+    or earlier in it) — what ``store_delivery`` finds for one delivery."""
+    if len(items) == 1:
+        # A lone delivery: its row and the look-up of earlier copies in one statement.
+        [item] = items
+        stored = store_delivery(
+            session,
+            encryptor,
+            item.source,
+            item.parsed,
+            body=item.delivery.body,
+            headers=item.delivery.headers,
+            remote_addr=item.delivery.remote_addr,
+            now=item.delivery.received_at,
+        )
+        return {item.index: stored.inbox_id}, [stored.duplicate_of]
+    earliest: dict[tuple[int, str, str], int] = {}
+    parameters = {
+        "source_ids": sorted({item.source.id for item in items}),
+        "bodies": sorted({item.parsed.body_sha256 for item in items}),
+        "event_keys": sorted({key for item in items if (key := item.parsed.event_key) is not None}),
+    }
+    for row in session.execute(_EARLIER_COPIES, parameters):
+        for key in ((row.source_id, "body", row.body_sha256), (row.source_id, "event", row.event_key)):
+            if key[2] is not None and (key not in earliest or row.id < earliest[key]):
+                earliest[key] = row.id
+    rows = [
+        inbox_row(
+            encryptor,
+            item.source,
+            item.parsed,
+            body=item.delivery.body,
+            headers=item.delivery.headers,
+            remote_addr=item.delivery.remote_addr,
+            now=now,
+        )
+        | {"received_at": item.delivery.received_at}
+        for item in items
+    ]
+    ids = session.execute(_INSERT_INBOX_ROWS, rows).scalars().all()
+    duplicate_of: list[int | None] = []
+    for item, inbox_id in zip(items, ids, strict=True):
+        keys = [(item.source.id, "body", item.parsed.body_sha256)]
+        if item.parsed.event_key is not None:
+            keys.append((item.source.id, "event", item.parsed.event_key))
+        duplicate_of.append(min((earliest[key] for key in keys if key in earliest), default=None))
+        for key in keys:
+            earliest.setdefault(key, inbox_id)  # a copy later in the batch repeats this one
+    return {item.index: inbox_id for item, inbox_id in zip(items, ids, strict=True)}, duplicate_of
+
+
+def _resolve(
+    session: Session,
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    items: Sequence[_Item],
+    notes: dict[int, list[str]],
+    now: datetime,
+) -> dict[int, str | None]:
+    """Each item's person (None: erased; nothing is recorded), resolved a source at a time (the merge journal
+    names the source). Raises ``_OneByOne`` for a subject the one-by-one path answers with an error."""
+    by_source: dict[str, list[_Item]] = {}
+    for item in items:
+        by_source.setdefault(item.source.record_source, []).append(item)
+    profiles: dict[int, str | None] = {}
+    for record_source, members in by_source.items():
+        resolutions = resolve_many(
+            session, encryptor, [item.prepared for item in members], source=record_source, settings=settings, now=now
+        )
+        for item, resolution in zip(members, resolutions, strict=True):
+            if resolution.suppressed:
+                notes[item.index].append("the subject was erased; nothing recorded")
+                profiles[item.index] = None
+            elif resolution.profile_id is None:
+                raise _OneByOne("a subject could not be resolved")
+            elif resolution.merged:
+                # One by one, each decision is recorded for the person as they were when it came: before the
+                # merge, on the profile merged away. A batch resolves everyone first, so it would not.
+                raise _OneByOne("a subject merged profiles")
+            else:
+                notes[item.index].extend(resolution.notes)
+                profiles[item.index] = resolution.profile_id
+    return profiles

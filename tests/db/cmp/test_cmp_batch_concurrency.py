@@ -1,0 +1,105 @@
+"""Batches of CMP deliveries racing in separate transactions (two hub processes, or a CMP retrying while the first
+delivery is still being processed): each decision is recorded once and the projection stays exact."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+from sqlalchemy import func, select
+
+from hub.cmp.auth import sign_hmac
+from hub.cmp.batch import Answer, Delivery, process_batch
+from hub.cmp.models import CmpInboxItem
+from hub.cmp.sources import create_source
+from hub.config import Settings
+from hub.consent.models import ConsentRecord
+from hub.consent.services import verify_projection
+from hub.db import make_sessionmaker, utcnow
+from hub.encryption import FieldEncryptor
+from hub.profiles.models import Profile
+from tests.support.databases import TestDatabase
+
+SECRET = "race-secret-race-secret-race-secret"
+
+
+def delivery(event: str, email: str, minute: int, status: str) -> Delivery:
+    data = json.dumps(
+        {
+            "id": event,
+            "collected_at": f"2026-11-28T10:{minute:02d}:00Z",
+            "subject": {"email": email},
+            "purposes": {"ad_user_data": status, "ad_storage": status},
+        }
+    ).encode()
+    headers = {"X-Hub-Signature": sign_hmac(SECRET.encode(), data, int(time.time()))}
+    return Delivery("race", data, headers, "127.0.0.1", utcnow())
+
+
+def test_racing_batches_record_each_decision_once(fresh_database: TestDatabase, settings: Settings) -> None:
+    encryptor = FieldEncryptor(settings.encryption_keys)
+    sessions = make_sessionmaker(fresh_database.engine)
+    with sessions() as session:
+        create_source(
+            session, encryptor, name="race", adapter="generic", authenticator="hmac", secret=SECRET, now=utcnow()
+        )
+        session.commit()
+
+    people = [f"p{n}@race.example" for n in range(6)]
+    # Every batch holds the same new people; each event is delivered to two batches at once.
+    rounds = [
+        [
+            delivery(f"r{r}-{n}", email, r * 10 + n, "granted" if (r + n) % 2 else "denied")
+            for n, email in enumerate(people)
+        ]
+        for r in range(4)
+    ]
+    answers: list[tuple[list[Delivery], list[Answer | None]]] = []
+    errors: list[BaseException] = []
+    guard = threading.Lock()
+
+    for batch in rounds:
+        barrier = threading.Barrier(3)
+
+        def run(deliveries: list[Delivery], barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait(timeout=10)
+                result = process_batch(sessions, encryptor, settings, deliveries)
+                with guard:
+                    answers.append((deliveries, result))
+            except BaseException as error:  # reported by the main thread
+                errors.append(error)
+
+        threads = [
+            threading.Thread(target=run, args=(batch,)),
+            threading.Thread(target=run, args=(list(reversed(batch)),)),
+            threading.Thread(target=run, args=(batch[::2],)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+
+    answered = {
+        json.loads(d.body)["id"]
+        for batch, result in answers
+        for d, answer in zip(batch, result, strict=True)
+        if answer is not None
+    }
+    # Racing batches wait for each other's locks; one that lost a race goes one by one (None) having stored
+    # nothing. Most are answered.
+    assert len(answered) > 12, answers
+    with sessions() as session:
+        recorded = Counter(
+            tuple(row) for row in session.execute(select(ConsentRecord.source_event_id, ConsentRecord.purpose))
+        )
+        assert max(recorded.values()) == 1  # however many batches carried an event
+        for event in answered:  # recorded by its own batch or by the one it raced
+            assert recorded[(event, "ad_user_data")] == recorded[(event, "ad_storage")] == 1
+        roots = session.scalar(select(func.count()).select_from(Profile).where(Profile.merged_into_id.is_(None)))
+        assert roots == len(people)
+        assert set(session.scalars(select(CmpInboxItem.status))) <= {"processed", "duplicate"}
+        assert verify_projection(session) == []

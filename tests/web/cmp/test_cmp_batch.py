@@ -1,0 +1,280 @@
+"""The CMP webhooks' group commit (hub.cmp.batch): a batch answers every delivery exactly as the one-by-one path
+does and leaves the same ledger, projection and inbox; what it cannot take goes one by one; the leader/follower
+hand-off batches concurrent submissions and never loses or repeats one."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.cmp.auth import sign_hmac
+from hub.cmp.batch import Answer, Delivery, GroupCommit, process_batch
+from hub.cmp.models import CmpInboxItem, CmpSource
+from hub.consent.models import ConsentRecord, ConsentState
+from hub.consent.services import verify_projection
+from hub.db import utcnow
+from hub.encryption import FieldEncryptor
+from hub.profiles.models import Profile
+from tests.web.cmp.test_cmp_webhooks import SECRET, make_source
+
+
+@pytest.fixture
+def encryptor(app: Flask) -> FieldEncryptor:
+    return app.extensions["hub.encryptor"]
+
+
+def body(prefix: str, event: str, collected_at: str, subject: dict[str, str], **purposes: str) -> bytes:
+    people = {key: f"{prefix}{value}" for key, value in subject.items()}
+    return json.dumps(
+        {
+            "id": f"{prefix}{event}",
+            "collected_at": collected_at,
+            "subject": people,
+            "region": "DE",
+            "purposes": purposes,
+        }
+    ).encode()
+
+
+def scenario(prefix: str) -> list[tuple[str, bytes, str]]:
+    """(source or "nope", body, secret) per delivery: new people, a person twice out of order, repeats by body and
+    by event id, refusals, and a body only the one-by-one path answers."""
+    ann = {"email": "ann@example.com", "external_id": "42"}
+    first = body(prefix, "e1", "2026-11-28T10:00:00Z", ann, ad_user_data="granted", ad_personalization="denied")
+    return [
+        ("", first, SECRET),
+        ("", body(prefix, "e2", "2026-11-28T10:00:00Z", {"email": "bob@example.com"}, ad_user_data="granted"), SECRET),
+        ("", body(prefix, "e3", "2026-11-28T10:30:00Z", {"email": "ann@example.com"}, ad_user_data="denied"), SECRET),
+        ("", body(prefix, "e4", "2026-11-28T09:00:00Z", {"external_id": "42"}, ad_user_data="granted"), SECRET),
+        ("", first, SECRET),  # the same body again
+        ("", body(prefix, "e2", "2026-11-28T11:00:00Z", {"email": "bob@example.com"}, ad_storage="granted"), SECRET),
+        ("", b"{not json", SECRET),
+        ("", body(prefix, "e5", "2026-11-28T10:00:00Z", {"email": "cy@example.com"}, ad_storage="denied"), "wrong"),
+        ("nope", body(prefix, "e6", "2026-11-28T10:00:00Z", {"email": "dee@example.com"}, ad_storage="denied"), SECRET),
+        ("", body(prefix, "e8", "2026-11-28T10:00:00Z", {"phone": "+49 30 1234567"}, ad_storage="granted"), SECRET),
+    ]
+
+
+def deliveries(source: str, prefix: str) -> list[Delivery]:
+    now = int(time.time())
+    return [
+        Delivery(
+            source_name=source if suffix != "nope" else "nope",
+            body=data,
+            headers={"X-Hub-Signature": sign_hmac(secret.encode(), data, now), "Content-Type": "application/json"},
+            remote_addr="127.0.0.1",
+            received_at=utcnow(),
+        )
+        for suffix, data, secret in scenario(prefix)
+    ]
+
+
+def post(client: FlaskClient, delivery: Delivery) -> tuple[int, dict[str, Any]]:
+    response = client.post(f"/webhooks/cmp/{delivery.source_name}", data=delivery.body, headers=dict(delivery.headers))
+    return response.status_code, response.get_json()
+
+
+def as_response(answer: Answer) -> tuple[int, dict[str, Any]]:
+    if answer.error is not None:
+        return answer.error.status, {"error": {"code": answer.error.code}}
+    assert answer.outcome is not None
+    return 200, answer.outcome.as_dict()
+
+
+class Labels:
+    """Stable names for ids that differ between two runs of one scenario (first seen, first named)."""
+
+    def __init__(self) -> None:
+        self.names: dict[object, str] = {}
+
+    def __call__(self, kind: str, value: object) -> str | None:
+        if value is None:
+            return None
+        return self.names.setdefault((kind, value), f"{kind}{sum(1 for k, _ in self.names if k == kind)}")
+
+
+def snapshot(
+    session: Session, source_name: str, prefix: str, answers: Sequence[tuple[int, dict[str, Any]]]
+) -> dict[str, Any]:
+    session.expire_all()
+    label = Labels()
+    digits = re.compile(r"\d+")
+    summary = []
+    for status, answer in answers:
+        if status != 200:
+            summary.append((status, answer["error"]["code"]))
+            continue
+        notes = tuple(digits.sub("#", note) for note in answer["notes"])
+        summary.append((status, answer["status"], answer["records"], label("p", answer["profile_id"]), notes))
+    source = f"cmp:{source_name}"
+    records = session.execute(
+        select(ConsentRecord).where(ConsentRecord.source == source).order_by(ConsentRecord.id)
+    ).scalars()
+    ledger = sorted(
+        (
+            label("p", r.profile_id),
+            r.purpose,
+            r.status,
+            r.collected_at.isoformat(),
+            r.source_event_id.removeprefix(prefix),
+            r.proof["body_sha256"] is not None,
+        )
+        for r in records
+    )
+    people = {key for (kind, key) in label.names if kind == "p"}
+    state = sorted(
+        (label("p", row.profile_id), row.purpose, row.status, row.collected_at.isoformat())
+        for row in session.scalars(select(ConsentState).where(ConsentState.profile_id.in_(people)))
+    )
+    merged = sorted(
+        (label("p", p.id), label("p", p.merged_into_id))
+        for p in session.scalars(select(Profile).where(Profile.id.in_(people)))
+    )
+    source_id = session.scalar(select(CmpSource.id).where(CmpSource.name == source_name))
+    inbox = sorted(
+        (item.status, digits.sub("#", item.error or ""), (item.event_key or "").removeprefix(prefix))
+        for item in session.scalars(
+            select(CmpInboxItem).where(CmpInboxItem.source_id == source_id).order_by(CmpInboxItem.id)
+        )
+    )
+    return {"answers": summary, "ledger": ledger, "state": state, "merged": merged, "inbox": inbox}
+
+
+class _OneByOne:
+    def submit(self, _delivery: Delivery) -> None:
+        return None
+
+
+def test_a_batch_answers_and_stores_what_one_by_one_does(
+    app: Flask, client: FlaskClient, db_session: Session, encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_source(db_session, encryptor, "one", "generic", "hmac")
+    make_source(db_session, encryptor, "batch", "generic", "hmac")
+    db_session.commit()
+
+    # One by one, in order, through the real endpoint.
+    monkeypatch.setitem(app.extensions, "hub.cmp_batcher", _OneByOne())
+    single = [post(client, delivery) for delivery in deliveries("one", "a-")]
+    expected = snapshot(db_session, "one", "a-", single)
+
+    # The same deliveries as one batch; what it leaves goes one by one afterwards, in order.
+    batch = deliveries("batch", "b-")
+    answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
+    left = [index for index, answer in enumerate(answers) if answer is None]
+    assert left == [6], "only the malformed body needs the one-by-one path"
+    batched = [
+        as_response(answer) if answer is not None else post(client, batch[i]) for i, answer in enumerate(answers)
+    ]
+    assert snapshot(db_session, "batch", "b-", batched) == expected
+
+    # And what both did is what the scenario means.
+    assert [a[0] for a in expected["answers"]] == [200, 200, 200, 200, 200, 200, 400, 401, 404, 200]
+    assert [a[1] for a in expected["answers"] if a[0] == 200] == ["processed"] * 4 + ["duplicate"] * 2 + ["processed"]
+    assert [a[3] for a in expected["answers"][:4]] == ["p0", "p1", "p0", "p0"]  # ann is found by either id
+    # The later denial wins over the out-of-order grant collected before it.
+    assert ("p0", "ad_user_data", "denied", "2026-11-28T10:30:00+00:00") in expected["state"]
+    assert sorted(status for status, *_ in expected["inbox"]) == ["duplicate"] * 2 + ["failed"] + ["processed"] * 5
+    assert verify_projection(db_session) == []
+
+
+def test_a_batch_with_a_decision_it_cannot_take_goes_one_by_one(
+    app: Flask, client: FlaskClient, db_session: Session, encryptor: FieldEncryptor
+) -> None:
+    make_source(db_session, encryptor, "batch", "generic", "hmac")
+    db_session.commit()
+    good = body("", "g1", "2026-11-28T10:00:00Z", {"email": "ann@example.com"}, ad_user_data="granted")
+    unknown = body("", "g2", "2026-11-28T10:00:00Z", {"email": "bob@example.com"}, newsletter="granted")
+    now = int(time.time())
+    batch = [
+        Delivery("batch", data, {"X-Hub-Signature": sign_hmac(SECRET.encode(), data, now)}, "127.0.0.1", utcnow())
+        for data in (good, unknown)
+    ]
+    answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
+    assert answers == [None, None]
+    db_session.expire_all()
+    assert db_session.scalars(select(CmpInboxItem)).all() == []  # the batch left nothing behind
+    assert db_session.scalars(select(ConsentRecord)).all() == []
+    assert [post(client, delivery)[0] for delivery in batch] == [200, 400]
+
+
+def test_a_batch_that_merges_profiles_goes_one_by_one(
+    app: Flask, client: FlaskClient, db_session: Session, encryptor: FieldEncryptor
+) -> None:
+    make_source(db_session, encryptor, "batch", "generic", "hmac")
+    db_session.commit()
+    now = int(time.time())
+    bodies = [
+        body("", "m1", "2026-11-28T10:00:00Z", {"email": "ann@example.com", "external_id": "42"}, sale="denied"),
+        body("", "m2", "2026-11-28T10:00:00Z", {"email": "bob@example.com"}, ad_user_data="granted"),
+    ]
+    for data in bodies:
+        assert post(client, Delivery("batch", data, signed(data, now), None, utcnow()))[0] == 200
+    link = body("", "m3", "2026-11-28T11:00:00Z", {"email": "bob@example.com", "external_id": "42"}, sale="granted")
+    other = body("", "m4", "2026-11-28T11:00:00Z", {"email": "cy@example.com"}, ad_storage="granted")
+    batch = [Delivery("batch", data, signed(data, now), None, utcnow()) for data in (other, link)]
+    answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
+    assert answers == [None, None]
+    responses = [post(client, delivery) for delivery in batch]
+    assert [status for status, _ in responses] == [200, 200]
+    assert responses[1][1]["records"] == 1
+    db_session.expire_all()
+    assert len(db_session.scalars(select(Profile).where(Profile.merged_into_id.is_not(None))).all()) == 1
+
+
+def signed(data: bytes, now: int) -> dict[str, str]:
+    return {"X-Hub-Signature": sign_hmac(SECRET.encode(), data, now), "Content-Type": "application/json"}
+
+
+def test_group_commit_batches_concurrent_submissions() -> None:
+    running = 0
+    most = 0
+    sizes: list[int] = []
+    guard = threading.Lock()
+
+    def work(items: Sequence[int]) -> list[int]:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+            sizes.append(len(items))
+        time.sleep(0.01)
+        with guard:
+            running -= 1
+        return [item * 10 for item in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(work, max_batch=8, concurrency=2)
+    results: dict[int, int | None] = {}
+
+    def submit(item: int) -> None:
+        results[item] = commit.submit(item)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == {n: n * 10 for n in range(60)}  # every item answered once, with its own result
+    assert sum(sizes) == 60
+    assert max(sizes) > 1, sizes  # submissions that arrived together were batched
+    assert max(sizes) <= 8
+    assert most <= 2
+
+
+def test_group_commit_answers_none_when_a_batch_fails() -> None:
+    def work(items: Sequence[int]) -> list[int]:
+        raise RuntimeError("database gone")
+
+    commit: GroupCommit[int, int] = GroupCommit(work)
+    assert commit.submit(1) is None
+    # The lead was released: the next submission runs (and fails) too instead of waiting forever.
+    assert commit.submit(2) is None
