@@ -49,7 +49,6 @@ from hub.cmp.services import (
 )
 from hub.config import Settings
 from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
-from hub.db import utcnow
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
@@ -73,8 +72,9 @@ REQUEST_HEADERS = (*KEPT_HEADERS, "Authorization")
 UNKNOWN_SOURCE_LABEL = "_unknown"
 # Deliveries per batch at most: one statement's parameters stay small, and a batch's answers wait for all of it.
 MAX_BATCH = 64
-# Batches of one process in flight at once.
-CONCURRENT_BATCHES = 1
+# Batches of one process in flight at once: while one waits (a commit, a person's row locked by a long
+# transaction), the deliveries queued behind it are not held up.
+CONCURRENT_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class GroupCommit(Generic[T, R]):
     leader and runs ``work`` over everything queued (at most ``max_batch``), including its own item, then hands
     the lead to the oldest item still queued, if any, and returns its own result. Other callers sleep until their
     batch is done. No thread of its own: nothing to start after a fork or to stop at exit, and a lone item waits
-    for nobody. Two batches at a time let one commit while the other is worked on.
+    for nobody. With more than one batch at a time, one that waits (a commit, a locked row) holds up only its own.
 
     ``work`` returns one result per item; if it raises, every item of the batch gets ``None`` (logged).
     """
@@ -331,8 +331,10 @@ def _process(
     if not items:
         return answers
 
-    now = utcnow()
-    inbox_ids, duplicate_of = _store(session, encryptor, items, now)
+    # One by one, a delivery's times are all its arrival; a batch keeps that for the inbox rows and the ledger,
+    # and resolves everyone at the latest arrival of the batch (the time profiles and identities are stamped).
+    now = max(item.delivery.received_at for item in items)
+    inbox_ids, duplicate_of = _store(session, encryptor, items)
     notes: dict[int, list[str]] = {}
     fresh: list[_Item] = []
     for item, earlier in zip(items, duplicate_of, strict=True):
@@ -376,6 +378,7 @@ def _process(
                 notice_version=submission.notice_version[:120] if submission.notice_version else None,
                 expires_at=submission.expires_at,
                 proof=record_proof(submission, inbox_ids[item.index], item.parsed.body_sha256),
+                received_at=item.delivery.received_at,
             )
         )
         decided.append(item)
@@ -422,7 +425,7 @@ _EARLIER_COPIES = _earlier_copies_statement()
 
 
 def _store(
-    session: Session, encryptor: FieldEncryptor, items: Sequence[_Item], now: datetime
+    session: Session, encryptor: FieldEncryptor, items: Sequence[_Item]
 ) -> tuple[dict[int, int], list[int | None]]:
     """Insert the batch's inbox rows (``processed``; repeats are marked afterwards); their ids by delivery index
     and, per item, the earliest earlier delivery with the same body or CMP event id (stored before the batch,
@@ -459,9 +462,8 @@ def _store(
             body=item.delivery.body,
             headers=item.delivery.headers,
             remote_addr=item.delivery.remote_addr,
-            now=now,
+            now=item.delivery.received_at,
         )
-        | {"received_at": item.delivery.received_at}
         for item in items
     ]
     ids = session.execute(_INSERT_INBOX_ROWS, rows).scalars().all()

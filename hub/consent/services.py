@@ -467,6 +467,7 @@ class ConsentDecision:
     notice_version: str | None = None
     expires_at: datetime | None = None
     proof: Mapping[str, Any] = field(default_factory=dict)
+    received_at: datetime | None = None  # when hub received the decision; ``now`` when None
 
 
 class BatchNotApplicable(Exception):
@@ -593,7 +594,7 @@ def record_consent_many(
         shared = {
             "profile_id": decision.profile_id,
             "collected_at": decision.collected_at,
-            "received_at": now,
+            "received_at": decision.received_at or now,
             "source": decision.source,
             "source_event_id": decision.source_event_id,
             "legal_basis": decision.legal_basis,

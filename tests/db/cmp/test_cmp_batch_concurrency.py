@@ -81,6 +81,7 @@ def test_racing_batches_record_each_decision_once(fresh_database: TestDatabase, 
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
+            assert not thread.is_alive(), "a batch never finished"
     assert errors == []
 
     answered = {

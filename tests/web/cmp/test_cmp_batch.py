@@ -46,12 +46,19 @@ def body(prefix: str, event: str, collected_at: str, subject: dict[str, str], **
     ).encode()
 
 
+def earlier(prefix: str) -> bytes:
+    return body(prefix, "e0", "2026-11-28T08:00:00Z", {"email": "eve@example.com"}, sale="denied")
+
+
 def scenario(prefix: str) -> list[tuple[str, bytes, str]]:
-    """(source or "nope", body, secret) per delivery: new people, a person twice out of order, repeats by body and
-    by event id, refusals, and a body only the one-by-one path answers."""
+    """(source or "nope", body, secret) per delivery: repeats (by body, by event id) of a delivery stored before,
+    new people, a person twice out of order, repeats within the batch, refusals, and a body only the one-by-one
+    path answers."""
     ann = {"email": "ann@example.com", "external_id": "42"}
     first = body(prefix, "e1", "2026-11-28T10:00:00Z", ann, ad_user_data="granted", ad_personalization="denied")
     return [
+        ("", earlier(prefix), SECRET),  # stored before, by the one-by-one path
+        ("", body(prefix, "e0", "2026-11-28T12:00:00Z", {"email": "eve@example.com"}, sale="granted"), SECRET),
         ("", first, SECRET),
         ("", body(prefix, "e2", "2026-11-28T10:00:00Z", {"email": "bob@example.com"}, ad_user_data="granted"), SECRET),
         ("", body(prefix, "e3", "2026-11-28T10:30:00Z", {"email": "ann@example.com"}, ad_user_data="denied"), SECRET),
@@ -106,20 +113,28 @@ class Labels:
 def snapshot(
     session: Session, source_name: str, prefix: str, answers: Sequence[tuple[int, dict[str, Any]]]
 ) -> dict[str, Any]:
+    """Answers, ledger, projection, merges and inbox of one run, with ids replaced by what they stand for (inbox
+    rows by CMP event id and status, people by order of appearance) so two runs compare equal."""
     session.expire_all()
     label = Labels()
-    digits = re.compile(r"\d+")
+    source_id = session.scalar(select(CmpSource.id).where(CmpSource.name == source_name))
+    items = session.scalars(select(CmpInboxItem).where(CmpInboxItem.source_id == source_id)).all()
+    named = {item.id: f"{(item.event_key or '-').removeprefix(prefix)}/{item.status}" for item in items}
+    arrival = {item.id: item.received_at for item in items}
+
+    def ids_named(text: str) -> str:
+        return re.sub(r"(inbox item|delivery) (\d+)", lambda match: f"{match[1]} {named[int(match[2])]}", text)
+
     summary = []
     for status, answer in answers:
         if status != 200:
             summary.append((status, answer["error"]["code"]))
             continue
-        notes = tuple(digits.sub("#", note) for note in answer["notes"])
+        notes = tuple(ids_named(note) for note in answer["notes"])
         summary.append((status, answer["status"], answer["records"], label("p", answer["profile_id"]), notes))
-    source = f"cmp:{source_name}"
-    records = session.execute(
-        select(ConsentRecord).where(ConsentRecord.source == source).order_by(ConsentRecord.id)
-    ).scalars()
+    records = session.scalars(
+        select(ConsentRecord).where(ConsentRecord.source == f"cmp:{source_name}").order_by(ConsentRecord.id)
+    )
     ledger = sorted(
         (
             label("p", r.profile_id),
@@ -127,7 +142,8 @@ def snapshot(
             r.status,
             r.collected_at.isoformat(),
             r.source_event_id.removeprefix(prefix),
-            r.proof["body_sha256"] is not None,
+            named[r.proof["inbox_id"]],  # the delivery that carried it
+            r.received_at == arrival[r.proof["inbox_id"]],  # received when that delivery arrived
         )
         for r in records
     )
@@ -140,12 +156,8 @@ def snapshot(
         (label("p", p.id), label("p", p.merged_into_id))
         for p in session.scalars(select(Profile).where(Profile.id.in_(people)))
     )
-    source_id = session.scalar(select(CmpSource.id).where(CmpSource.name == source_name))
     inbox = sorted(
-        (item.status, digits.sub("#", item.error or ""), (item.event_key or "").removeprefix(prefix))
-        for item in session.scalars(
-            select(CmpInboxItem).where(CmpInboxItem.source_id == source_id).order_by(CmpInboxItem.id)
-        )
+        (named[item.id], ids_named(item.error or ""), item.processed_at == item.received_at) for item in items
     )
     return {"answers": summary, "ledger": ledger, "state": state, "merged": merged, "inbox": inbox}
 
@@ -164,6 +176,10 @@ def test_a_batch_answers_and_stores_what_one_by_one_does(
 
     # One by one, in order, through the real endpoint.
     monkeypatch.setitem(app.extensions, "hub.cmp_batcher", _OneByOne())
+    now = int(time.time())
+    for source, prefix in (("one", "a-"), ("batch", "b-")):
+        data = earlier(prefix)
+        assert post(client, Delivery(source, data, signed(data, now), None, utcnow()))[0] == 200
     single = [post(client, delivery) for delivery in deliveries("one", "a-")]
     expected = snapshot(db_session, "one", "a-", single)
 
@@ -171,19 +187,25 @@ def test_a_batch_answers_and_stores_what_one_by_one_does(
     batch = deliveries("batch", "b-")
     answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
     left = [index for index, answer in enumerate(answers) if answer is None]
-    assert left == [6], "only the malformed body needs the one-by-one path"
+    assert left == [8], "only the malformed body needs the one-by-one path"
     batched = [
         as_response(answer) if answer is not None else post(client, batch[i]) for i, answer in enumerate(answers)
     ]
     assert snapshot(db_session, "batch", "b-", batched) == expected
 
     # And what both did is what the scenario means.
-    assert [a[0] for a in expected["answers"]] == [200, 200, 200, 200, 200, 200, 400, 401, 404, 200]
-    assert [a[1] for a in expected["answers"] if a[0] == 200] == ["processed"] * 4 + ["duplicate"] * 2 + ["processed"]
-    assert [a[3] for a in expected["answers"][:4]] == ["p0", "p1", "p0", "p0"]  # ann is found by either id
+    assert [a[0] for a in expected["answers"]] == [200, 200, 200, 200, 200, 200, 200, 200, 400, 401, 404, 200]
+    assert [a[1] for a in expected["answers"] if a[0] == 200] == ["duplicate"] * 2 + ["processed"] * 4 + [
+        "duplicate"
+    ] * 2 + ["processed"]
+    assert expected["answers"][0][4] == ("same body or event id as delivery e0/processed",)
+    assert [a[3] for a in expected["answers"][2:6]] == ["p0", "p1", "p0", "p0"]  # ann is found by either id
     # The later denial wins over the out-of-order grant collected before it.
     assert ("p0", "ad_user_data", "denied", "2026-11-28T10:30:00+00:00") in expected["state"]
-    assert sorted(status for status, *_ in expected["inbox"]) == ["duplicate"] * 2 + ["failed"] + ["processed"] * 5
+    assert [name for name, *_ in expected["inbox"]].count("e0/duplicate") == 2
+    # Ledger rows point at their own delivery and were received when it arrived; inbox rows processed then.
+    assert all(row[5].endswith("/processed") and row[6] for row in expected["ledger"])
+    assert all(same for *_, same in expected["inbox"])
     assert verify_projection(db_session) == []
 
 
@@ -263,6 +285,7 @@ def test_group_commit_batches_concurrent_submissions() -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+        assert not thread.is_alive(), "a submission was never answered"
     assert results == {n: n * 10 for n in range(60)}  # every item answered once, with its own result
     assert sum(sizes) == 60
     assert max(sizes) > 1, sizes  # submissions that arrived together were batched
@@ -274,7 +297,12 @@ def test_group_commit_answers_none_when_a_batch_fails() -> None:
     def work(items: Sequence[int]) -> list[int]:
         raise RuntimeError("database gone")
 
-    commit: GroupCommit[int, int] = GroupCommit(work)
+    commit: GroupCommit[int, int] = GroupCommit(work, concurrency=1)
     assert commit.submit(1) is None
     # The lead was released: the next submission runs (and fails) too instead of waiting forever.
-    assert commit.submit(2) is None
+    answered: list[int | None] = []
+    thread = threading.Thread(target=lambda: answered.append(commit.submit(2)))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the failed batch kept the lead"
+    assert answered == [None]
