@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,9 +73,12 @@ REQUEST_HEADERS = (*KEPT_HEADERS, "Authorization")
 UNKNOWN_SOURCE_LABEL = "_unknown"
 # Deliveries per batch at most: one statement's parameters stay small, and a batch's answers wait for all of it.
 MAX_BATCH = 64
-# Batches of one process in flight at once: while one waits (a commit, a person's row locked by a long
-# transaction), the deliveries queued behind it are not held up.
+# Batches of one process in flight at most. Normally one: the next batch collects what arrives meanwhile (two at
+# a time made batches half as large and cost more per delivery). A second starts beside one that has run for
+# STALLED_BATCH_SECONDS (a person's row locked by a long transaction, a slow commit; a batch takes ~10-20 ms), so
+# the deliveries arriving behind it are not held up.
 CONCURRENT_BATCHES = 2
+STALLED_BATCH_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,11 @@ class _Job(Generic[T, R]):
 class GroupCommit(Generic[T, R]):
     """Runs ``work`` over items submitted from many threads, a batch at a time, in the submitting threads.
 
-    ``submit`` queues an item; when fewer than ``concurrency`` batches are running, the calling thread becomes a
-    leader and runs ``work`` over everything queued (at most ``max_batch``), including its own item, then hands
-    the lead to the oldest item still queued, if any, and returns its own result. Other callers sleep until their
-    batch is done. No thread of its own: nothing to start after a fork or to stop at exit, and a lone item waits
-    for nobody. With more than one batch at a time, one that waits (a commit, a locked row) holds up only its own.
+    ``submit`` queues an item; when no batch is running (or fewer than ``concurrency`` are and one has run for
+    ``stall_seconds``), the calling thread becomes a leader and runs ``work`` over everything queued (at most
+    ``max_batch``), including its own item, then hands the lead to the oldest item still queued, if any, and
+    returns its own result. Other callers sleep until their batch is done. No thread of its own: nothing to start
+    after a fork or to stop at exit, and a lone item waits for nobody.
 
     ``work`` returns one result per item; if it raises, every item of the batch gets ``None`` (logged).
     """
@@ -133,21 +137,30 @@ class GroupCommit(Generic[T, R]):
         *,
         max_batch: int = MAX_BATCH,
         concurrency: int = CONCURRENT_BATCHES,
+        stall_seconds: float = STALLED_BATCH_SECONDS,
     ) -> None:
         self._work = work
         self._max_batch = max_batch
         self._concurrency = concurrency
         self._lock = threading.Lock()
+        self._stall_seconds = stall_seconds
         self._queue: list[_Job[T, R]] = []
         self._running = 0
+        self._started: dict[int, float] = {}  # when each running batch's leader took the lead, by its job
         self.batches = 0  # batches run, and the items they held (read by benchmarks; no lock needed for that)
         self.items = 0
 
     def submit(self, item: T) -> R | None:
         job: _Job[T, R] = _Job(item)
         with self._lock:
-            if self._running < self._concurrency:
+            now = time.monotonic()
+            # One batch at a time makes the largest batches; another starts only beside a batch that has been
+            # running for longer than a batch should (waiting on a row lock, a slow commit).
+            if self._running == 0 or (
+                self._running < self._concurrency and now - min(self._started.values()) > self._stall_seconds
+            ):
                 self._running += 1
+                self._started[id(job)] = now
                 job.lead = True
             else:
                 self._queue.append(job)  # the queue holds the items waiting for a leader, oldest first
@@ -173,11 +186,13 @@ class GroupCommit(Generic[T, R]):
                 member.result = None
         finally:
             with self._lock:
+                del self._started[id(job)]
                 # The lead passes to the oldest waiting item, taken off the queue so no other leader takes it.
                 successor = self._queue.pop(0) if self._queue else None
                 if successor is None:
                     self._running -= 1
                 else:
+                    self._started[id(successor)] = time.monotonic()
                     successor.lead = True
             for member in batch[1:]:
                 member.ready.set()

@@ -274,7 +274,7 @@ def test_group_commit_batches_concurrent_submissions() -> None:
             running -= 1
         return [item * 10 for item in items]
 
-    commit: GroupCommit[int, int] = GroupCommit(work, max_batch=8, concurrency=2)
+    commit: GroupCommit[int, int] = GroupCommit(work, max_batch=8, concurrency=2, stall_seconds=0.0)
     results: dict[int, int | None] = {}
 
     def submit(item: int) -> None:
@@ -291,6 +291,59 @@ def test_group_commit_batches_concurrent_submissions() -> None:
     assert max(sizes) > 1, sizes  # submissions that arrived together were batched
     assert max(sizes) <= 8
     assert most <= 2
+
+
+def test_a_stalled_batch_does_not_hold_up_the_deliveries_behind_it() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def work(items: Sequence[int]) -> list[int]:
+        if 0 in items:  # the first batch waits, as on a row locked by a long transaction
+            started.set()
+            release.wait(timeout=30)
+        return [item * 10 for item in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(work, concurrency=2, stall_seconds=0.05)
+    results: dict[int, int | None] = {}
+    first = threading.Thread(target=lambda: results.update({0: commit.submit(0)}))
+    first.start()
+    assert started.wait(timeout=10)
+    time.sleep(0.1)  # longer than stall_seconds
+    later = [threading.Thread(target=lambda n=n: results.update({n: commit.submit(n)})) for n in range(1, 6)]
+    for thread in later:
+        thread.start()
+    for thread in later:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "a delivery waited for the stalled batch"
+    assert results == {n: n * 10 for n in range(1, 6)}
+    release.set()
+    first.join(timeout=10)
+    assert results[0] == 0
+
+
+def test_one_batch_at_a_time_while_batches_are_quick() -> None:
+    running = 0
+    most = 0
+    guard = threading.Lock()
+
+    def work(items: Sequence[int]) -> list[int]:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.005)
+        with guard:
+            running -= 1
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit(work, concurrency=2, stall_seconds=10)
+    threads = [threading.Thread(target=commit.submit, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert most == 1
 
 
 def test_group_commit_answers_none_when_a_batch_fails() -> None:
