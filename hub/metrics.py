@@ -101,6 +101,12 @@ class Metrics:
         self.webhooks = Counter(
             "hub_cmp_webhooks", "CMP webhook deliveries", ["source", "result"], registry=self.registry
         )
+        self.webhook_batches = Histogram(
+            "hub_cmp_webhook_batch_size",
+            "CMP webhook deliveries processed together in one transaction (hub.cmp.batch)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
 
     def watch_database(self, engine: Engine) -> None:
         self.registry.register(DatabaseCollector(engine))

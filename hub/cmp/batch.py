@@ -262,11 +262,13 @@ class DeliveryBatcher(GroupCommit[Delivery, Answer]):
     batch runs (the session factory, encryptor and settings the app holds then)."""
 
     def __init__(self, extensions: Mapping[str, Any]) -> None:
-        super().__init__(
-            lambda deliveries: process_batch(
+        def work(deliveries: Sequence[Delivery]) -> list[Answer | None]:
+            extensions["hub.metrics"].webhook_batches.observe(len(deliveries))
+            return process_batch(
                 extensions["hub.sessionmaker"], extensions["hub.encryptor"], extensions["hub.settings"], deliveries
             )
-        )
+
+        super().__init__(work)
 
 
 def process_batch(

@@ -359,3 +359,13 @@ def test_group_commit_answers_none_when_a_batch_fails() -> None:
     thread.join(timeout=10)
     assert not thread.is_alive(), "the failed batch kept the lead"
     assert answered == [None]
+
+
+def test_batch_sizes_are_in_the_metrics(client: FlaskClient, db_session: Session, encryptor: FieldEncryptor) -> None:
+    make_source(db_session, encryptor, "batch", "generic", "hmac")
+    db_session.commit()
+    data = body("", "x1", "2026-11-28T10:00:00Z", {"email": "ann@example.com"}, ad_user_data="granted")
+    assert post(client, Delivery("batch", data, signed(data, int(time.time())), None, utcnow()))[0] == 200
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'hub_cmp_webhook_batch_size_bucket{le="1.0"} 1.0' in metrics
+    assert 'hub_cmp_webhooks_total{result="processed",source="batch"} 1.0' in metrics
