@@ -22,13 +22,15 @@ Decisions documented here because the API, the CMP webhooks and the scheduler re
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, insert, literal, null, select, union_all
+from sqlalchemy import BigInteger, String, bindparam, delete, func, insert, literal, null, select, union_all
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from hub.consent.ledger import fact_from_record, load_ledger
 from hub.consent.models import ConsentRecord, ConsentState, Purpose
 from hub.consent.policy import DENIED, STATUSES, ConsentFact, ConsentLedger, merge_denials
+from hub.db import UTCDateTime, json_document, json_recordset
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -614,7 +617,7 @@ def record_consent_many(
     recorded: list[list[RecordedConsent]] = [[] for _ in decisions]
     if not rows:
         return recorded
-    ids = session.execute(_INSERT_RECORDS, rows).scalars().all()
+    ids = _insert_records(session, rows)
     changed: dict[tuple[str, str], ConsentFact] = {}
     for record_id, row, owner in zip(ids, rows, owners, strict=True):
         record = RecordedConsent(id=record_id, **row)
@@ -623,6 +626,50 @@ def record_consent_many(
             changed[(record.profile_id, purpose)] = fact
     _write_projection(session, [(root, fact) for (root, _purpose), fact in sorted(changed.items())], now)
     return recorded
+
+
+_RECORD_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("profile_id", String()),
+    ("purpose", String()),
+    ("status", String()),
+    ("collected_at", UTCDateTime()),
+    ("received_at", UTCDateTime()),
+    ("source", String()),
+    ("source_event_id", String()),
+    ("legal_basis", String()),
+    ("regulation", String()),
+    ("region", String()),
+    ("notice_version", String()),
+    ("expires_at", UTCDateTime()),
+    ("proof", JSONB()),
+)
+
+
+@functools.cache
+def _postgresql_records_insert() -> Any:
+    """``INSERT INTO consent_records ... SELECT ... FROM json_to_recordset(rows)``: one short statement for any
+    number of rows (see ``hub.db.json_recordset``), each row's id returned with its key."""
+    rows = json_recordset("new_records", _RECORD_COLUMNS)
+    names = [name for name, _kind in _RECORD_COLUMNS]
+    return (
+        pg_insert(_RECORDS)
+        .from_select(names, select(*(rows.c[name] for name in names)))
+        .returning(
+            _RECORDS.c.id, _RECORDS.c.profile_id, _RECORDS.c.source, _RECORDS.c.source_event_id, _RECORDS.c.purpose
+        )
+    )
+
+
+def _insert_records(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert ledger rows (unique by profile, source, event id and purpose); their ids, in the rows' order."""
+    if session.get_bind().dialect.name != "postgresql":
+        return list(session.execute(_INSERT_RECORDS, list(rows)).scalars())
+    document = json_document([{name: row[name] for name, _kind in _RECORD_COLUMNS} for row in rows])
+    ids = {
+        (row.profile_id, row.source, row.source_event_id, row.purpose): row.id
+        for row in session.execute(_postgresql_records_insert(), {"rows": document})
+    }
+    return [ids[(row["profile_id"], row["source"], row["source_event_id"], row["purpose"])] for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -668,21 +715,23 @@ def _write_projection(session: Session, rows: Sequence[tuple[str, ConsentFact]],
     """Upsert projection rows ``(profile_id, fact)`` (at most one per profile and purpose) in one statement."""
     if not rows:
         return
-    session.execute(
-        _projection_upsert(session.get_bind().dialect.name),
-        [
-            {
-                "profile_id": profile_id,
-                "purpose": fact.purpose,
-                "status": fact.status,
-                "collected_at": fact.collected_at,
-                "expires_at": fact.expires_at,
-                "record_id": int(fact.id),
-                "updated_at": now,
-            }
-            for profile_id, fact in rows
-        ],
-    )
+    values = [
+        {
+            "profile_id": profile_id,
+            "purpose": fact.purpose,
+            "status": fact.status,
+            "collected_at": fact.collected_at,
+            "expires_at": fact.expires_at,
+            "record_id": int(fact.id),
+            "updated_at": now,
+        }
+        for profile_id, fact in rows
+    ]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(_postgresql_projection_upsert(), {"rows": json_document(values)})
+    else:
+        session.execute(_projection_upsert(dialect), values)
     # Rows this session loaded earlier must not keep the old values (the statement bypassed the ORM). Building
     # identity keys is not free, and a session that loaded no objects at all (a webhook's) has nothing to expire.
     if not session.identity_map:
@@ -709,6 +758,30 @@ def _projection_upsert(dialect: str) -> Any:
         )
         _PROJECTION_UPSERTS[dialect] = statement
     return statement
+
+
+_STATE_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("profile_id", String()),
+    ("purpose", String()),
+    ("status", String()),
+    ("collected_at", UTCDateTime()),
+    ("expires_at", UTCDateTime()),
+    ("record_id", BigInteger()),
+    ("updated_at", UTCDateTime()),
+)
+
+
+@functools.cache
+def _postgresql_projection_upsert() -> Any:
+    """The projection upsert as ``INSERT ... SELECT ... FROM json_to_recordset(rows) ON CONFLICT DO UPDATE``: one
+    short statement for any number of rows (at most one per profile and purpose)."""
+    rows = json_recordset("new_state", _STATE_COLUMNS)
+    names = [name for name, _kind in _STATE_COLUMNS]
+    statement = pg_insert(_STATE).from_select(names, select(*(rows.c[name] for name in names)))
+    return statement.on_conflict_do_update(
+        index_elements=[_STATE.c.profile_id, _STATE.c.purpose],
+        set_={name: statement.excluded[name] for name in _PROJECTION_COLUMNS},
+    )
 
 
 def _state_row(profile_id: str, fact: ConsentFact, now: datetime) -> ConsentState:
