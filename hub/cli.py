@@ -342,6 +342,55 @@ def cmp_add(
     )
 
 
+def _reason_line(reason: str | None) -> str:
+    # One line, short: a stored internal error can span lines (a database error's SQL and parameters).
+    text = (reason or "").strip().splitlines()
+    first = text[0] if text else ""
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+@cmp.command("reprocess")
+@click.option("--source", "source_name", default=None, metavar="NAME", help="Only this source's deliveries.")
+@click.option("--id", "inbox_ids", multiple=True, type=click.IntRange(1), metavar="N", help="Only this inbox row.")
+@click.option("--limit", default=None, type=click.IntRange(1), metavar="N", help="At most N rows, oldest first.")
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@friendly_errors
+def cmp_reprocess(source_name: str | None, inbox_ids: tuple[int, ...], limit: int | None, dry_run: bool) -> None:
+    """Process failed CMP deliveries again with their source's current configuration (after fixing its purpose
+    map or adding a purpose). One line per inbox row, then a summary; rows that still fail keep the new reason.
+    Repeatable (--id 3 --id 7)."""
+    from hub.cmp.reprocess import UnknownSource, reprocess_failed
+    from hub.db import utcnow
+    from hub.encryption import FieldEncryptor
+
+    cfg = settings()
+    with session_scope_for(cfg) as session:
+        try:
+            summary = reprocess_failed(
+                session,
+                FieldEncryptor(cfg.encryption_keys),
+                cfg,
+                source=source_name,
+                ids=list(inbox_ids) or None,
+                now=utcnow(),
+                limit=limit,
+                dry_run=dry_run,
+            )
+        except UnknownSource as exc:
+            raise click.BadParameter(f"no CMP source is called {exc.name!r}", param_hint="'--source'") from None
+        if dry_run:
+            session.rollback()
+    for row in summary.rows:
+        line = f"inbox {row.inbox_id}\t{row.source}\t{row.old_status} -> {row.new_status}"
+        if row.records:
+            line += f"\t{row.records} consent record(s)"
+        reason = _reason_line(row.reason)
+        click.echo(f"{line}\t{reason}" if reason else line)
+    counts = ", ".join(f"{summary.counts.get(s, 0)} {s}" for s in ("processed", "duplicate", "failed", "skipped"))
+    prefix = "dry run, nothing written: would be " if dry_run else ""
+    click.echo(f"{prefix}{len(summary.rows)} row(s): {counts}; {summary.records} consent record(s)")
+
+
 @main.group("config")
 def config_group() -> None:
     """Configuration as code: mappings, region rules, destinations (no secrets), CMP sources, purposes."""
