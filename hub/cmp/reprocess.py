@@ -42,6 +42,7 @@ from hub.cmp.services import (
     ParsedDelivery,
     SourceConfig,
     StoredDelivery,
+    inbox_body,
     load_source,
     parse_delivery,
     process_delivery,
@@ -221,7 +222,7 @@ def _reprocess_one(
     if source is None:  # disabled between the two reads
         return skipped(f"the source {name!r} is disabled")
     try:
-        body = encryptor.decrypt(item.body.decode("ascii")).encode("latin-1")  # as hub.cmp.services.inbox_body
+        body = inbox_body(encryptor, item)
     except (DecryptionError, UnicodeDecodeError):
         return skipped("the body cannot be decrypted with HUB_ENCRYPTION_KEY")
 
