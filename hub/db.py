@@ -174,6 +174,27 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def unprepared(session: Session) -> Iterator[None]:
+    """Statements run in the block are sent unprepared on PostgreSQL, so each is planned for its values.
+
+    For statements whose text varies with the length of a list (an expanding IN): psycopg would prepare each
+    length after a few runs, and PostgreSQL then keeps, per connection, a generic plan made while the tables were
+    small (and, without statistics, for good), such as a scan of a whole table where an index probe is meant.
+    Planning costs far less than one such scan. The setting belongs to the session's connection and is restored
+    when the block ends, while the connection is still the session's (the block must not commit)."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    driver = session.connection().connection.driver_connection
+    threshold = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = threshold
+
+
 def json_recordset(name: str, columns: Sequence[tuple[str, Any]], parameter: str = "rows") -> Any:
     """PostgreSQL's ``json_to_recordset(:parameter) AS name(column type, ...)``: a batch's rows as one JSON
     document (see ``json_document``), read back in the document's order. The statement text is the same for any

@@ -50,6 +50,7 @@ from hub.cmp.services import (
 )
 from hub.config import Settings
 from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
+from hub.db import unprepared
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
@@ -278,7 +279,7 @@ def process_batch(
     when the batch fails): their request threads process them one by one."""
     session = sessions()
     try:
-        answers = _unprepared(session, lambda: _process(session, encryptor, settings, deliveries))
+        answers = _process(session, encryptor, settings, deliveries)
         session.commit()
         return answers
     except (_OneByOne, BatchNotApplicable) as error:
@@ -290,25 +291,6 @@ def process_batch(
         session.rollback()
         session.close()
     return [None] * len(deliveries)
-
-
-def _unprepared(session: Session, run: Callable[[], list[Answer | None]]) -> list[Answer | None]:
-    """``run()`` with PostgreSQL statements sent unprepared on the session's connection.
-
-    A batch's statements take lists whose length varies with the batch. psycopg would prepare them after a few
-    runs, and PostgreSQL then keeps, per connection and list length, a generic plan made while the tables were
-    small (and, without statistics, for good): scans of a whole source's inbox or ledger. Sent unprepared, each
-    is planned for its values and probes the indexes; planning costs far less than one such scan. The setting
-    is restored before the commit, while the connection is still this session's."""
-    if session.get_bind().dialect.name != "postgresql":
-        return run()
-    driver = session.connection().connection.driver_connection
-    threshold = driver.prepare_threshold
-    driver.prepare_threshold = None
-    try:
-        return run()
-    finally:
-        driver.prepare_threshold = threshold
 
 
 def _eligible(settings: Settings, parsed: ParsedDelivery) -> tuple[ConsentSubmission, PreparedIdentity] | None:
@@ -467,7 +449,9 @@ def _store(
         "bodies": sorted({item.parsed.body_sha256 for item in items}),
         "event_keys": sorted({key for item in items if (key := item.parsed.event_key) is not None}),
     }
-    for row in session.execute(_EARLIER_COPIES, parameters):
+    with unprepared(session):  # its lists' lengths vary with the batch
+        found = session.execute(_EARLIER_COPIES, parameters).all()
+    for row in found:
         for key in ((row.source_id, "body", row.body_sha256), (row.source_id, "event", row.event_key)):
             if key[2] is not None and (key not in earliest or row.id < earliest[key]):
                 earliest[key] = row.id

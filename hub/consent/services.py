@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from hub.consent.ledger import fact_from_record, load_ledger
 from hub.consent.models import ConsentRecord, ConsentState, Purpose
 from hub.consent.policy import DENIED, STATUSES, ConsentFact, ConsentLedger, merge_denials
-from hub.db import UTCDateTime, json_document, json_recordset
+from hub.db import UTCDateTime, json_document, json_recordset, unprepared
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -566,7 +566,8 @@ def record_consent_many(
             raise BatchNotApplicable("a decision is invalid") from None
     roots = sorted({decision.profile_id for decision in decisions})
     names = sorted({purpose for decision in decisions for purpose in decision.purposes})
-    locked = session.execute(_LOCK_ROOTS, {"roots": roots, "names": names}).all()
+    with unprepared(session):  # the lists' lengths vary with the batch
+        locked = session.execute(_LOCK_ROOTS, {"roots": roots, "names": names}).all()
     if len(locked) != len(roots) or any(row.merged_into_id is not None or row.erased_at is not None for row in locked):
         raise BatchNotApplicable("a person was merged, erased or removed since resolution")
     if locked[0].known != len(names):
@@ -579,7 +580,9 @@ def record_consent_many(
     }
     states: dict[str, dict[str, ConsentFact]] = {root: {} for root in roots}
     seen: set[tuple[str, str, str, str]] = set()
-    for row in session.execute(_MANY_SEEN_AND_STATE, parameters):
+    with unprepared(session):
+        found = session.execute(_MANY_SEEN_AND_STATE, parameters).all()
+    for row in found:
         if row.kind == "seen":
             seen.add((row.root, row.source, row.source_event_id, row.purpose))
         else:

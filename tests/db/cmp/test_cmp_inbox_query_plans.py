@@ -16,8 +16,10 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from hub.cmp.batch import _EARLIER_COPIES
 from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.cmp.services import _INBOX_INSERT
+from hub.db import unprepared
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROWS = 3000
@@ -110,3 +112,53 @@ def test_earlier_copies_are_probed_by_key(postgresql_session: Session, mode: str
         assert index in text, text
         condition = text.split(index, 1)[1].split("Index Cond:", 1)[1].split("\n", 1)[0]
         assert key in condition, text
+
+
+def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session) -> None:
+    # The batch's look-up takes lists (one entry per delivery) and is sent unprepared (hub.db.unprepared), so it
+    # is planned for its values: each branch must probe its index, not walk the source's deliveries.
+    session = postgresql_session
+    source_id = session.execute(
+        insert(CmpSource.__table__).returning(CmpSource.__table__.c.id),
+        {"name": "batch-plans", "adapter": "generic", "authenticator": "hmac", "settings": {}, "enabled": True},
+    ).scalar_one()
+    session.execute(
+        insert(CmpInboxItem.__table__),
+        [
+            {
+                "source_id": source_id,
+                "received_at": NOW,
+                "body": b"x",
+                "body_sha256": f"{n:064x}",
+                "event_key": f"evt-{n}",
+                "headers": {},
+                "status": "processed",
+            }
+            for n in range(ROWS)
+        ],
+    )
+    values = {
+        "source_ids": [source_id],
+        "bodies": [f"{n:064x}" for n in (5, 50, 500, 5000)],
+        "event_keys": [f"evt-{n}" for n in (7, 70, 700)],
+    }
+    # Values written into the statement: planned for them, as an unprepared statement is.
+    sql = _EARLIER_COPIES.params(**values).compile(
+        dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}
+    )
+    text = "\n".join(row[0] for row in session.connection().exec_driver_sql(f"EXPLAIN {sql}"))
+    assert "Seq Scan on cmp_inbox" not in text, text
+    assert "ix_cmp_inbox_source_body" in text, text
+    assert "ix_cmp_inbox_source_event_key" in text, text
+
+
+def test_unprepared_restores_the_connection_setting(postgresql_session: Session) -> None:
+    session = postgresql_session
+    driver = session.connection().connection.driver_connection
+    before = driver.prepare_threshold
+    with unprepared(session):
+        assert driver.prepare_threshold is None
+    assert driver.prepare_threshold == before
+    with pytest.raises(RuntimeError), unprepared(session):
+        raise RuntimeError("a failing statement")
+    assert driver.prepare_threshold == before
