@@ -10,11 +10,13 @@ answers every delivery of the batch. While it works, new deliveries queue for th
 the load and a lone delivery is processed at once (a batch of one).
 
 The guarantee is unchanged: a delivery is answered only after its batch is committed, with the same answer the
-one-by-one path gives (``tests/db/cmp/test_cmp_batch.py`` compares the two). The batch takes the common case: a
+one-by-one path gives (``tests/web/cmp/test_cmp_batch.py`` compares the two). The batch takes the common case: a
 delivery that authenticates, parses and names a person by hub identifiers. Anything else — a body that cannot be
-processed as sent, CMP user ids to link, a subject the resolution cannot settle, a person merged or erased
-under it — is answered ``None`` and its request thread processes it one by one; if the batch as a whole fails
-(a conflict with a concurrent writer, a database error), it is rolled back and every delivery goes one by one.
+processed as sent, CMP user ids to link — is answered ``None`` and its request thread processes it one by one. A
+batch whose outcome would depend on the order of its deliveries (a subject that merges profiles) or that holds a
+decision ``record_consent`` would refuse (a subject the resolution cannot settle, a person merged or erased under
+it, an unknown purpose) is rolled back and goes one by one as a whole; so does a batch that fails (a conflict with
+a concurrent writer, a database error).
 """
 
 from __future__ import annotations
