@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -76,6 +76,8 @@ REQUEST_HEADERS = (*KEPT_HEADERS, "Authorization")
 UNKNOWN_SOURCE_LABEL = "_unknown"
 # Deliveries per batch at most: one statement's parameters stay small, and a batch's answers wait for all of it.
 MAX_BATCH = 64
+# Attempts at a batch, each without the deliveries the previous one found it cannot take.
+BATCH_ATTEMPTS = 3
 # Batches of one process in flight at most. Normally one: the next batch collects what arrives meanwhile (two at
 # a time made batches half as large and cost more per delivery). A second starts beside one that has run for
 # STALLED_BATCH_SECONDS (a person's row locked by a long transaction, a slow commit; a batch takes ~10-20 ms), so
@@ -257,7 +259,12 @@ class _Item:
 
 
 class _OneByOne(Exception):
-    """The batch holds a delivery only the one-by-one path answers (its outcome depends on the rest)."""
+    """Deliveries of the batch (``indexes``) only the one-by-one path answers as it would: the batch is rolled
+    back and taken again without them."""
+
+    def __init__(self, reason: str, indexes: Iterable[int]) -> None:
+        super().__init__(reason)
+        self.indexes = frozenset(indexes)
 
 
 class DeliveryBatcher(GroupCommit[Delivery, Answer]):
@@ -279,19 +286,26 @@ def process_batch(
 ) -> list[Answer | None]:
     """Answer the deliveries the batch takes, committed together; ``None`` for the others (and for all of them
     when the batch fails): their request threads process them one by one."""
-    session = sessions()
-    try:
-        answers = _process(session, encryptor, settings, deliveries)
-        session.commit()
-        return answers
-    except (_OneByOne, BatchNotApplicable) as error:
-        log.debug("a batch of %d deliveries goes one by one: %s", len(deliveries), error)
-    except Exception as error:
-        # A conflict with a concurrent writer, a database error: one by one, each answered on its own.
-        log.warning("a batch of %d deliveries failed (%s); they go one by one", len(deliveries), type(error).__name__)
-    finally:
-        session.rollback()
-        session.close()
+    excluded: set[int] = set()
+    for _attempt in range(BATCH_ATTEMPTS):
+        session = sessions()
+        try:
+            answers = _process(session, encryptor, settings, deliveries, excluded)
+            session.commit()
+            return answers
+        except _OneByOne as error:
+            # Taken again without them; they are answered one by one after this batch is committed.
+            log.debug("%d of a batch of %d deliveries go one by one: %s", len(error.indexes), len(deliveries), error)
+            excluded |= error.indexes
+        except Exception as error:
+            # A conflict with a concurrent writer, a database error: one by one, each answered on its own.
+            log.warning(
+                "a batch of %d deliveries failed (%s); they go one by one", len(deliveries), type(error).__name__
+            )
+            break
+        finally:
+            session.rollback()
+            session.close()
     return [None] * len(deliveries)
 
 
@@ -309,12 +323,18 @@ def _eligible(settings: Settings, parsed: ParsedDelivery) -> tuple[ConsentSubmis
 
 
 def _process(
-    session: Session, encryptor: FieldEncryptor, settings: Settings, deliveries: Sequence[Delivery]
+    session: Session,
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    deliveries: Sequence[Delivery],
+    excluded: Collection[int] = (),
 ) -> list[Answer | None]:
     answers: list[Answer | None] = [None] * len(deliveries)
     admitted: dict[str, tuple[SourceConfig | None, Answer | None]] = {}
     items: list[_Item] = []
     for index, delivery in enumerate(deliveries):
+        if index in excluded:
+            continue
         if delivery.source_name not in admitted:
             admitted[delivery.source_name] = admit(session, encryptor, delivery)
             source, refusal = admitted[delivery.source_name]
@@ -383,9 +403,11 @@ def _process(
             )
         )
         decided.append(item)
-    recorded = dict(
-        zip((item.index for item in decided), record_consent_many(session, decisions, now=now), strict=True)
-    )
+    try:
+        written = record_consent_many(session, decisions, now=now)
+    except BatchNotApplicable as error:
+        raise _OneByOne(str(error), (decided[i].index for i in error.decisions)) from None
+    recorded = dict(zip((item.index for item in decided), written, strict=True))
     for item in fresh:
         records = recorded.get(item.index, [])
         kept = tuple(notes[item.index])
@@ -490,11 +512,13 @@ def _resolve(
     now: datetime,
 ) -> dict[int, str | None]:
     """Each item's person (None: erased; nothing is recorded), resolved a source at a time (the merge journal
-    names the source). Raises ``_OneByOne`` for a subject the one-by-one path answers with an error."""
+    names the source). Raises ``_OneByOne`` naming the subjects the one-by-one path answers otherwise (not
+    settled: an error; merging profiles)."""
     by_source: dict[str, list[_Item]] = {}
     for item in items:
         by_source.setdefault(item.source.record_source, []).append(item)
     profiles: dict[int, str | None] = {}
+    unsettled: list[int] = []
     for record_source, members in by_source.items():
         resolutions = resolve_many(
             session, encryptor, [item.prepared for item in members], source=record_source, settings=settings, now=now
@@ -503,13 +527,13 @@ def _resolve(
             if resolution.suppressed:
                 notes[item.index].append("the subject was erased; nothing recorded")
                 profiles[item.index] = None
-            elif resolution.profile_id is None:
-                raise _OneByOne("a subject could not be resolved")
-            elif resolution.merged:
-                # One by one, each decision is recorded for the person as they were when it came: before the
-                # merge, on the profile merged away. A batch resolves everyone first, so it would not.
-                raise _OneByOne("a subject merged profiles")
+            elif resolution.profile_id is None or resolution.merged:
+                # Not settled, or merging profiles: one by one, each decision is recorded for the person as they
+                # were when it came (before a merge, on the profile merged away); a batch resolves everyone first.
+                unsettled.append(item.index)
             else:
                 notes[item.index].extend(resolution.notes)
                 profiles[item.index] = resolution.profile_id
+    if unsettled:
+        raise _OneByOne("subjects not settled by resolution, or merging profiles", unsettled)
     return profiles

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -474,9 +474,14 @@ class ConsentDecision:
 
 
 class BatchNotApplicable(Exception):
-    """A decision of the batch needs ``record_consent`` to answer it: its input is invalid, a purpose is not in
-    the catalogue, or its person is no longer a cluster root (merged or erased since resolution) or is gone.
-    Nothing was written; the caller rolls back or records the decisions one by one."""
+    """Decisions of the batch (``decisions``: their indexes) need ``record_consent`` to answer them: their input
+    is invalid, a purpose is not in the catalogue, or their person is no longer a cluster root (merged or erased
+    since resolution) or is gone. Nothing was written; the caller rolls back and leaves those decisions to
+    ``record_consent`` (the others can go as a batch again)."""
+
+    def __init__(self, reason: str, decisions: Collection[int]) -> None:
+        super().__init__(reason)
+        self.decisions = frozenset(decisions)
 
 
 # Every root of a batch locked in id order (concurrent batches wait for each other instead of deadlocking), with
@@ -533,6 +538,29 @@ _MANY_SEEN_AND_STATE = union_all(
 )
 
 
+def _acceptable(session: Session, decision: ConsentDecision, now: datetime) -> bool:
+    """Whether ``decision`` passes ``record_consent``'s input checks (its purposes' existence aside)."""
+    try:
+        _validate(
+            session,
+            decision.purposes,
+            collected_at=decision.collected_at,
+            source=decision.source,
+            source_event_id=decision.source_event_id,
+            legal_basis=decision.legal_basis,
+            regulation=decision.regulation,
+            region=decision.region,
+            notice_version=decision.notice_version,
+            expires_at=decision.expires_at,
+            proof=decision.proof,
+            now=now,
+            known=frozenset(decision.purposes),
+        )
+    except ConsentInputError:
+        return False
+    return True
+
+
 def record_consent_many(
     session: Session, decisions: Sequence[ConsentDecision], *, now: datetime
 ) -> list[list[RecordedConsent]]:
@@ -540,38 +568,27 @@ def record_consent_many(
     size: lock the roots (and count the purposes in the catalogue), read their projection and what their
     clusters hold for the batch's events, append the ledger rows, upsert the projection.
 
-    Raises ``BatchNotApplicable`` (nothing written) when a decision is one ``record_consent`` would refuse or
-    that it would follow to another profile; the caller then records them one by one.
+    Raises ``BatchNotApplicable`` (nothing written) naming every decision ``record_consent`` would refuse or
+    would follow to another profile; the caller records those one by one.
     """
     if not decisions:
         return []
-    for decision in decisions:
-        try:
-            _validate(
-                session,
-                decision.purposes,
-                collected_at=decision.collected_at,
-                source=decision.source,
-                source_event_id=decision.source_event_id,
-                legal_basis=decision.legal_basis,
-                regulation=decision.regulation,
-                region=decision.region,
-                notice_version=decision.notice_version,
-                expires_at=decision.expires_at,
-                proof=decision.proof,
-                now=now,
-                known=frozenset(decision.purposes),
-            )
-        except ConsentInputError:
-            raise BatchNotApplicable("a decision is invalid") from None
+    invalid = [index for index, decision in enumerate(decisions) if not _acceptable(session, decision, now)]
+    if invalid:
+        raise BatchNotApplicable("decisions are invalid", invalid)
     roots = sorted({decision.profile_id for decision in decisions})
     names = sorted({purpose for decision in decisions for purpose in decision.purposes})
     with unprepared(session):  # the lists' lengths vary with the batch
         locked = session.execute(_LOCK_ROOTS, {"roots": roots, "names": names}).all()
-    if len(locked) != len(roots) or any(row.merged_into_id is not None or row.erased_at is not None for row in locked):
-        raise BatchNotApplicable("a person was merged, erased or removed since resolution")
-    if locked[0].known != len(names):
-        raise BatchNotApplicable("a purpose is not in the catalogue")
+    usable = {row.id for row in locked if row.merged_into_id is None and row.erased_at is None}
+    catalogue = purpose_names(session) if locked and locked[0].known != len(names) else frozenset(names)
+    refused = [
+        index
+        for index, decision in enumerate(decisions)
+        if decision.profile_id not in usable or not catalogue.issuperset(decision.purposes)
+    ]
+    if refused:
+        raise BatchNotApplicable("people merged, erased or removed since resolution, or purposes unknown", refused)
 
     parameters = {
         "roots": roots,

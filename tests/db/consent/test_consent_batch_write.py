@@ -140,7 +140,7 @@ def test_a_batch_records_what_one_call_per_decision_records(
     assert verify_projection(db_session) == []
 
 
-@pytest.mark.parametrize("problem", ["unknown purpose", "erased", "unknown profile"])
+@pytest.mark.parametrize("problem", ["unknown purpose", "erased", "unknown profile", "invalid input"])
 def test_a_decision_it_cannot_take_writes_nothing(
     db_session: Session, encryptor: FieldEncryptor, settings: Settings, problem: str
 ) -> None:
@@ -151,11 +151,13 @@ def test_a_decision_it_cannot_take_writes_nothing(
         erase_profile(db_session, bob, "request", now=T0)
     if problem == "unknown profile":
         bob = "p-no-such-profile"
+    collected_at = T0.replace(tzinfo=None) if problem == "invalid input" else T0
     batch = [
         ConsentDecision(ann, {"ad_user_data": "granted"}, T0, "api", "e1"),
-        ConsentDecision(bob, purposes, T0, "api", "e2"),
+        ConsentDecision(bob, purposes, collected_at, "api", "e2"),
     ]
-    with pytest.raises(BatchNotApplicable):
+    with pytest.raises(BatchNotApplicable) as refused:
         record_consent_many(db_session, batch, now=NOW)
+    assert refused.value.decisions == {1}  # the decision it cannot take, not its neighbour
     assert db_session.scalars(select(ConsentRecord)).all() == []
     assert db_session.scalars(select(ConsentState)).all() == []

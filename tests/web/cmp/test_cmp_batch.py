@@ -209,27 +209,28 @@ def test_a_batch_answers_and_stores_what_one_by_one_does(
     assert verify_projection(db_session) == []
 
 
-def test_a_batch_with_a_decision_it_cannot_take_goes_one_by_one(
+def test_a_decision_the_batch_cannot_take_goes_one_by_one_and_the_rest_stays_batched(
     app: Flask, client: FlaskClient, db_session: Session, encryptor: FieldEncryptor
 ) -> None:
     make_source(db_session, encryptor, "batch", "generic", "hmac")
     db_session.commit()
     good = body("", "g1", "2026-11-28T10:00:00Z", {"email": "ann@example.com"}, ad_user_data="granted")
     unknown = body("", "g2", "2026-11-28T10:00:00Z", {"email": "bob@example.com"}, newsletter="granted")
+    also_good = body("", "g3", "2026-11-28T10:00:00Z", {"email": "cy@example.com"}, ad_storage="denied")
     now = int(time.time())
-    batch = [
-        Delivery("batch", data, {"X-Hub-Signature": sign_hmac(SECRET.encode(), data, now)}, "127.0.0.1", utcnow())
-        for data in (good, unknown)
-    ]
+    batch = [Delivery("batch", data, signed(data, now), "127.0.0.1", utcnow()) for data in (good, unknown, also_good)]
     answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
-    assert answers == [None, None]
+    assert answers[1] is None  # left to the one-by-one path
+    assert [a.outcome.records for a in (answers[0], answers[2]) if a is not None and a.outcome is not None] == [1, 1]
     db_session.expire_all()
-    assert db_session.scalars(select(CmpInboxItem)).all() == []  # the batch left nothing behind
-    assert db_session.scalars(select(ConsentRecord)).all() == []
-    assert [post(client, delivery)[0] for delivery in batch] == [200, 400]
+    # The attempt that met the unknown purpose left nothing behind: one inbox row per batched delivery.
+    assert [item.status for item in db_session.scalars(select(CmpInboxItem))] == ["processed", "processed"]
+    assert len(db_session.scalars(select(ConsentRecord)).all()) == 2
+    assert post(client, batch[1])[0] == 400
+    assert verify_projection(db_session) == []
 
 
-def test_a_batch_that_merges_profiles_goes_one_by_one(
+def test_a_delivery_that_merges_profiles_goes_one_by_one(
     app: Flask, client: FlaskClient, db_session: Session, encryptor: FieldEncryptor
 ) -> None:
     make_source(db_session, encryptor, "batch", "generic", "hmac")
@@ -245,12 +246,17 @@ def test_a_batch_that_merges_profiles_goes_one_by_one(
     other = body("", "m4", "2026-11-28T11:00:00Z", {"email": "cy@example.com"}, ad_storage="granted")
     batch = [Delivery("batch", data, signed(data, now), None, utcnow()) for data in (other, link)]
     answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
-    assert answers == [None, None]
-    responses = [post(client, delivery) for delivery in batch]
-    assert [status for status, _ in responses] == [200, 200]
-    assert responses[1][1]["records"] == 1
+    assert answers[1] is None
+    assert answers[0] is not None
+    assert answers[0].outcome is not None
+    assert answers[0].outcome.records == 1
+    db_session.expire_all()
+    assert db_session.scalars(select(Profile).where(Profile.merged_into_id.is_not(None))).all() == []
+    status, answer = post(client, batch[1])
+    assert (status, answer["records"]) == (200, 1)
     db_session.expire_all()
     assert len(db_session.scalars(select(Profile).where(Profile.merged_into_id.is_not(None))).all()) == 1
+    assert verify_projection(db_session) == []
 
 
 def signed(data: bytes, now: int) -> dict[str, str]:
