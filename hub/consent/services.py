@@ -472,6 +472,20 @@ class ConsentDecision:
     proof: Mapping[str, Any] = field(default_factory=dict)
     received_at: datetime | None = None  # when hub received the decision; ``now`` when None
 
+    def details(self) -> dict[str, Any]:
+        """The decision's keyword arguments to ``record_consent`` besides the person, purposes and ``now``."""
+        return {
+            "collected_at": self.collected_at,
+            "source": self.source,
+            "source_event_id": self.source_event_id,
+            "legal_basis": self.legal_basis,
+            "regulation": self.regulation,
+            "region": self.region,
+            "notice_version": self.notice_version,
+            "expires_at": self.expires_at,
+            "proof": self.proof,
+        }
+
 
 class BatchNotApplicable(Exception):
     """Decisions of the batch (``decisions``: their indexes) need ``record_consent`` to answer them: their input
@@ -541,21 +555,7 @@ _MANY_SEEN_AND_STATE = union_all(
 def _acceptable(session: Session, decision: ConsentDecision, now: datetime) -> bool:
     """Whether ``decision`` passes ``record_consent``'s input checks (its purposes' existence aside)."""
     try:
-        _validate(
-            session,
-            decision.purposes,
-            collected_at=decision.collected_at,
-            source=decision.source,
-            source_event_id=decision.source_event_id,
-            legal_basis=decision.legal_basis,
-            regulation=decision.regulation,
-            region=decision.region,
-            notice_version=decision.notice_version,
-            expires_at=decision.expires_at,
-            proof=decision.proof,
-            now=now,
-            known=frozenset(decision.purposes),
-        )
+        _validate(session, decision.purposes, **decision.details(), now=now, known=frozenset(decision.purposes))
     except ConsentInputError:
         return False
     return True

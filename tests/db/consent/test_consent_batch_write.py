@@ -69,15 +69,7 @@ def call(session: Session, decision: ConsentDecision) -> list[RecordedConsent]:
         session,
         decision.profile_id,
         purposes=decision.purposes,
-        collected_at=decision.collected_at,
-        source=decision.source,
-        source_event_id=decision.source_event_id,
-        legal_basis=decision.legal_basis,
-        regulation=decision.regulation,
-        region=decision.region,
-        notice_version=decision.notice_version,
-        expires_at=decision.expires_at,
-        proof=decision.proof,
+        **decision.details(),
         now=decision.received_at or NOW,
     )
 
