@@ -717,14 +717,7 @@ def _fold(state: dict[str, ConsentFact], records: Sequence[ConsentRecord | Recor
     changed, with their new fact."""
     changed: dict[str, ConsentFact] = {}
     for record in records:
-        fact = ConsentFact(
-            id=record.id,
-            purpose=record.purpose,
-            status=record.status,
-            collected_at=record.collected_at,
-            expires_at=record.expires_at,
-            source=record.source,
-        )
+        fact = fact_from_record(record)
         current = state.get(record.purpose)
         if current is None or ConsentLedger([current, fact]).latest_by_purpose()[record.purpose] is fact:
             state[record.purpose] = changed[record.purpose] = fact
