@@ -42,12 +42,11 @@ from hub.cmp.services import (
     SourceConfig,
     WebhookAuthError,
     authenticate,
+    consent_decision,
     inbox_row,
     load_source,
     mark_inbox_rows,
     parse_delivery,
-    record_proof,
-    short_text,
     store_delivery,
 )
 from hub.config import Settings
@@ -385,20 +384,13 @@ def _process(
         profile_id = profiles[item.index]
         if profile_id is None:
             continue
-        submission = item.submission
         decisions.append(
-            ConsentDecision(
-                profile_id=profile_id,
-                purposes=submission.purposes,
-                collected_at=submission.collected_at,
-                source=item.source.record_source,
-                source_event_id=submission.source_event_id[:255],
-                legal_basis=short_text(submission.legal_basis),
-                regulation=short_text(submission.regulation),
-                region=submission.region,
-                notice_version=submission.notice_version[:120] if submission.notice_version else None,
-                expires_at=submission.expires_at,
-                proof=record_proof(submission, inbox_ids[item.index], item.parsed.body_sha256),
+            consent_decision(
+                item.source,
+                item.submission,
+                profile_id,
+                inbox_ids[item.index],
+                item.parsed.body_sha256,
                 received_at=item.delivery.received_at,
             )
         )

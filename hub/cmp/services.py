@@ -36,7 +36,7 @@ from hub.cmp.adapters import ConsentSubmission, PayloadError, parse_payload
 from hub.cmp.auth import AuthError, check_ip_allowed, verify_basic, verify_bearer, verify_hmac_signature
 from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.config import Settings
-from hub.consent.services import ConsentInputError, SubjectErased, record_consent
+from hub.consent.services import ConsentDecision, ConsentInputError, SubjectErased, record_consent
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.models import Profile, SuppressedIdentifier
@@ -55,14 +55,13 @@ __all__ = [
     "authenticate",
     "client_address",
     "cmp_identity",
+    "consent_decision",
     "inbox_body",
     "inbox_row",
     "load_source",
     "mark_inbox_rows",
     "parse_delivery",
     "process_delivery",
-    "record_proof",
-    "short_text",
     "store_delivery",
 ]
 
@@ -467,21 +466,8 @@ def process_delivery(
             notes.append("no hub purpose was decided (map the CMP's ids in the source's purpose_map)")
             continue
         try:
-            records = record_consent(
-                session,
-                resolved,
-                purposes=submission.purposes,
-                collected_at=submission.collected_at,
-                source=source.record_source,
-                source_event_id=submission.source_event_id[:255],
-                legal_basis=short_text(submission.legal_basis),
-                regulation=short_text(submission.regulation),
-                region=submission.region,
-                notice_version=submission.notice_version[:120] if submission.notice_version else None,
-                expires_at=submission.expires_at,
-                proof=record_proof(submission, stored.inbox_id, stored.body_sha256),
-                now=now,
-            )
+            decision = consent_decision(source, submission, resolved, stored.inbox_id, stored.body_sha256)
+            records = record_consent(session, resolved, purposes=decision.purposes, **decision.details(), now=now)
         except ConsentInputError as error:
             raise DeliveryRejected(400, "invalid_payload", error.message, error.fields) from None
         except SubjectErased:
@@ -495,21 +481,38 @@ def process_delivery(
     )
 
 
-def short_text(value: str | None) -> str | None:
-    """A CMP's legal basis or regulation code as the ledger keeps it (at most 40 characters)."""
-    return value[:40] if value else None
-
-
-def record_proof(submission: ConsentSubmission, inbox_id: int, body_sha256: str) -> dict[str, Any]:
-    """The evidence a ledger row keeps of the delivery that carried it (no raw identifiers)."""
-    return {
-        "inbox_id": inbox_id,
-        "body_sha256": body_sha256,
-        "tc_string": submission.tc_string,
-        "gpp_string": submission.gpp_string,
-        "usp_string": submission.usp_string,
-        "gpc": submission.gpc,
-    }
+def consent_decision(
+    source: SourceConfig,
+    submission: ConsentSubmission,
+    profile_id: str,
+    inbox_id: int,
+    body_sha256: str,
+    *,
+    received_at: datetime | None = None,
+) -> ConsentDecision:
+    """What a submission records for the person ``profile_id``, as the ledger keeps it: the CMP's codes and notice
+    version cut to the ledger's lengths, and the evidence of the delivery that carried it (no raw identifiers)."""
+    return ConsentDecision(
+        profile_id=profile_id,
+        purposes=submission.purposes,
+        collected_at=submission.collected_at,
+        source=source.record_source,
+        source_event_id=submission.source_event_id[:255],
+        legal_basis=submission.legal_basis[:40] if submission.legal_basis else None,
+        regulation=submission.regulation[:40] if submission.regulation else None,
+        region=submission.region,
+        notice_version=submission.notice_version[:120] if submission.notice_version else None,
+        expires_at=submission.expires_at,
+        proof={
+            "inbox_id": inbox_id,
+            "body_sha256": body_sha256,
+            "tc_string": submission.tc_string,
+            "gpp_string": submission.gpp_string,
+            "usp_string": submission.usp_string,
+            "gpc": submission.gpc,
+        },
+        received_at=received_at,
+    )
 
 
 def _one_status_per_purpose(submissions: Sequence[ConsentSubmission]) -> list[ConsentSubmission]:
