@@ -36,6 +36,7 @@ from hub.cmp.adapters import ConsentSubmission
 from hub.cmp.models import CmpInboxItem
 from hub.cmp.services import (
     KEPT_HEADERS,
+    Delivery,
     DeliveryOutcome,
     DeliveryRejected,
     ParsedDelivery,
@@ -83,17 +84,6 @@ BATCH_ATTEMPTS = 3
 # the deliveries arriving behind it are not held up.
 CONCURRENT_BATCHES = 2
 STALLED_BATCH_SECONDS = 0.25
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook request as the batch needs it, read from the request by its thread."""
-
-    source_name: str
-    body: bytes
-    headers: Mapping[str, str]
-    remote_addr: str | None
-    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -448,16 +438,7 @@ def _store(
     if len(items) == 1:
         # A lone delivery: its row and the look-up of earlier copies in one statement.
         [item] = items
-        stored = store_delivery(
-            session,
-            encryptor,
-            item.source,
-            item.parsed,
-            body=item.delivery.body,
-            headers=item.delivery.headers,
-            remote_addr=item.delivery.remote_addr,
-            now=item.delivery.received_at,
-        )
+        stored = store_delivery(session, encryptor, item.source, item.parsed, item.delivery)
         return {item.index: stored.inbox_id}, [stored.duplicate_of]
     earliest: dict[tuple[int, str, str], int] = {}
     parameters = {
@@ -471,18 +452,7 @@ def _store(
         for key in ((row.source_id, "body", row.body_sha256), (row.source_id, "event", row.event_key)):
             if key[2] is not None and (key not in earliest or row.id < earliest[key]):
                 earliest[key] = row.id
-    rows = [
-        inbox_row(
-            encryptor,
-            item.source,
-            item.parsed,
-            body=item.delivery.body,
-            headers=item.delivery.headers,
-            remote_addr=item.delivery.remote_addr,
-            now=item.delivery.received_at,
-        )
-        for item in items
-    ]
+    rows = [inbox_row(encryptor, item.source, item.parsed, item.delivery) for item in items]
     ids = session.execute(_INSERT_INBOX_ROWS, rows).scalars().all()
     duplicate_of: list[int | None] = []
     for item, inbox_id in zip(items, ids, strict=True):

@@ -46,6 +46,7 @@ from hub.profiles.services import attach_identity, find_profile_by_identity, pre
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Delivery",
     "DeliveryOutcome",
     "DeliveryRejected",
     "ParsedDelivery",
@@ -209,6 +210,17 @@ def authenticate(
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One webhook request as processing needs it, read from the request by its thread."""
+
+    source_name: str
+    body: bytes
+    headers: Mapping[str, str]  # what authentication reads and the inbox keeps (``REQUEST_HEADERS``)
+    remote_addr: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class ParsedDelivery:
     """A delivery's body read by the source's adapter before it is stored (pure: no I/O), so the inbox insert can
     also look for an earlier copy. ``rejection`` is set when the body cannot be processed as sent."""
@@ -304,11 +316,8 @@ def store_delivery(
     encryptor: FieldEncryptor,
     source: SourceConfig,
     parsed: ParsedDelivery,
+    delivery: Delivery,
     *,
-    body: bytes,
-    headers: Mapping[str, str],
-    remote_addr: str | None,
-    now: datetime,
     failure: str | None = None,
 ) -> StoredDelivery:
     """Keep the raw delivery. The body is encrypted at rest because CMP payloads carry raw identifiers
@@ -318,9 +327,7 @@ def store_delivery(
     The row is written with its final status when nothing goes wrong: ``failed`` with the reason when the body
     cannot be processed as sent (or ``failure`` is given: processing failed and was rolled back), else
     ``processed`` with the CMP's event id, which ``process_delivery`` completes in the same transaction."""
-    values = inbox_row(
-        encryptor, source, parsed, body=body, headers=headers, remote_addr=remote_addr, now=now, failure=failure
-    )
+    values = inbox_row(encryptor, source, parsed, delivery, failure=failure)
     parameters: dict[str, Any] = {f"new_{name}": value for name, value in values.items()}
     parameters["earlier_body_sha256"] = parsed.body_sha256
     if parsed.event_key is not None:
@@ -334,29 +341,27 @@ def inbox_row(
     encryptor: FieldEncryptor,
     source: SourceConfig,
     parsed: ParsedDelivery,
+    delivery: Delivery,
     *,
-    body: bytes,
-    headers: Mapping[str, str],
-    remote_addr: str | None,
-    now: datetime,
     failure: str | None = None,
 ) -> dict[str, Any]:
-    """The ``cmp_inbox`` row of a delivery, by column (see ``store_delivery``)."""
-    kept = {name: value for name in KEPT_HEADERS if (value := headers.get(name))}
-    if remote_addr:
-        kept["remote_addr"] = remote_addr
+    """The ``cmp_inbox`` row of a delivery, by column (see ``store_delivery``): received and processed at its
+    arrival."""
+    kept = {name: value for name in KEPT_HEADERS if (value := delivery.headers.get(name))}
+    if delivery.remote_addr:
+        kept["remote_addr"] = delivery.remote_addr
     if failure is None and parsed.rejection is not None:
         failure = rejection_text(parsed.rejection)
     return {
         "source_id": source.id,
-        "received_at": now,
-        "body": _encrypt(encryptor, body),
+        "received_at": delivery.received_at,
+        "body": _encrypt(encryptor, delivery.body),
         "body_sha256": parsed.body_sha256,
         "event_key": None if failure is not None else parsed.event_key,
         "headers": kept,
         "status": "processed" if failure is None else "failed",
         "error": None if failure is None else failure[:2000],
-        "processed_at": now,
+        "processed_at": delivery.received_at,
     }
 
 

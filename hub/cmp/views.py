@@ -29,8 +29,9 @@ import logging
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy.orm import Session
 
-from hub.cmp.batch import REQUEST_HEADERS, Answer, Delivery, admit
+from hub.cmp.batch import REQUEST_HEADERS, Answer, admit
 from hub.cmp.services import (
+    Delivery,
     DeliveryRejected,
     ParsedDelivery,
     SourceConfig,
@@ -71,17 +72,7 @@ def _keep_failed(
     # The processing work is rolled back with the inbox row written alongside it; the body is stored again,
     # marked failed, and committed on its own so it stays whatever the answer.
     session.rollback()
-    store_delivery(
-        session,
-        current_app.extensions["hub.encryptor"],
-        source,
-        parsed,
-        body=delivery.body,
-        headers=delivery.headers,
-        remote_addr=delivery.remote_addr,
-        now=delivery.received_at,
-        failure=failure,
-    )
+    store_delivery(session, current_app.extensions["hub.encryptor"], source, parsed, delivery, failure=failure)
     session.commit()
 
 
@@ -115,16 +106,7 @@ def _one_by_one(delivery: Delivery) -> Answer:
     assert source is not None
     # Parsed before storing (pure) so the inbox insert also finds an earlier copy by body or CMP event id.
     parsed = parse_delivery(source, delivery.body)
-    stored = store_delivery(
-        session,
-        encryptor,
-        source,
-        parsed,
-        body=delivery.body,
-        headers=delivery.headers,
-        remote_addr=delivery.remote_addr,
-        now=delivery.received_at,
-    )
+    stored = store_delivery(session, encryptor, source, parsed, delivery)
     if parsed.rejection is not None and stored.duplicate_of is None:
         # Stored as failed with the reason: committed here, because an error answer rolls the request back.
         session.commit()
