@@ -44,6 +44,7 @@ from hub.cmp.services import (
     WebhookAuthError,
     authenticate,
     consent_decision,
+    handled,
     inbox_row,
     load_source,
     mark_inbox_rows,
@@ -417,12 +418,12 @@ _INSERT_INBOX_ROWS = insert(_INBOX).returning(_INBOX.c.id, sort_by_parameter_ord
 def _earlier_copies_statement() -> Any:
     """Processed (or repeat) deliveries of the batch's sources with one of its bodies or CMP event ids: each
     branch probes its own index, (source_id, body_sha256, id) and (source_id, event_key, id)."""
-    handled = (_INBOX.c.status == "processed") | (_INBOX.c.status == "duplicate")
     columns = (_INBOX.c.id, _INBOX.c.source_id, _INBOX.c.body_sha256, _INBOX.c.event_key)
     sources = _INBOX.c.source_id.in_(bindparam("source_ids", expanding=True))
+    earlier = handled(_INBOX)
     return union_all(
-        select(*columns).where(sources, _INBOX.c.body_sha256.in_(bindparam("bodies", expanding=True)), handled),
-        select(*columns).where(sources, _INBOX.c.event_key.in_(bindparam("event_keys", expanding=True)), handled),
+        select(*columns).where(sources, _INBOX.c.body_sha256.in_(bindparam("bodies", expanding=True)), earlier),
+        select(*columns).where(sources, _INBOX.c.event_key.in_(bindparam("event_keys", expanding=True)), earlier),
     )
 
 

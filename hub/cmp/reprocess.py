@@ -42,6 +42,7 @@ from hub.cmp.services import (
     ParsedDelivery,
     SourceConfig,
     StoredDelivery,
+    earliest_copy,
     inbox_body,
     load_source,
     parse_delivery,
@@ -277,26 +278,12 @@ def _process(
 def _earlier_copy(session: Session, source_id: int, inbox_id: int, parsed: ParsedDelivery) -> int | None:
     """The earliest other row of the source with the same body, or the same CMP event id, that was processed or
     was a repeat — what ``store_delivery``'s insert returns for a new row, with this row in place of the new one.
-    One probe per key, each answered by its index (see ``hub.cmp.services._inbox_insert_statement``)."""
+    One probe per key, each answered by its index (``hub.cmp.services.earliest_copy``)."""
     keys: list[tuple[Any, str]] = [(_INBOX.c.body_sha256, parsed.body_sha256)]
     if parsed.event_key is not None:
         keys.append((_INBOX.c.event_key, parsed.event_key))
-    found = []
-    for column, value in keys:
-        earliest = session.scalar(
-            select(_INBOX.c.id)
-            .where(
-                _INBOX.c.source_id == source_id,
-                column == value,
-                (_INBOX.c.status == "processed") | (_INBOX.c.status == "duplicate"),
-                _INBOX.c.id != inbox_id,
-            )
-            .order_by(_INBOX.c.id)
-            .limit(1)
-        )
-        if earliest is not None:
-            found.append(earliest)
-    return min(found, default=None)
+    found = [session.scalar(earliest_copy(source_id, column.name, value, inbox_id)) for column, value in keys]
+    return min((earliest for earliest in found if earliest is not None), default=None)
 
 
 def _write(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, insert, literal_column, select, true, update
+from sqlalchemy import Select, String, bindparam, insert, literal_column, select, true, update
 from sqlalchemy.orm import Session
 
 from hub.cmp.adapters import ConsentSubmission, PayloadError, parse_payload
@@ -57,6 +57,8 @@ __all__ = [
     "client_address",
     "cmp_identity",
     "consent_decision",
+    "earliest_copy",
+    "handled",
     "inbox_body",
     "inbox_row",
     "load_source",
@@ -245,33 +247,44 @@ class StoredDelivery:
     duplicate_of: int | None
 
 
+def handled(inbox: Any) -> Any:
+    """The condition on an inbox table (or alias) for a delivery that counts as an earlier copy: processed, or a
+    repeat. Two comparisons rather than IN: a literal IN list is re-rendered on every execution."""
+    return (inbox.c.status == "processed") | (inbox.c.status == "duplicate")
+
+
+def earliest_copy(source_id: Any, key: str, value: Any, excluding: Any) -> Select[Any]:
+    """The earliest delivery of a source, other than ``excluding``, whose ``key`` (``body_sha256`` or
+    ``event_key``) is ``value`` and that was processed or was a repeat. One probe of that key's index
+    ((source_id, body_sha256, id) or (source_id, event_key, id)); values, bound parameters or columns."""
+    earlier = CmpInboxItem.__table__.alias(f"earlier_by_{key}")
+    return (
+        select(earlier.c.id)
+        .where(earlier.c.source_id == source_id, earlier.c[key] == value, handled(earlier), earlier.c.id != excluding)
+        .order_by(earlier.c.id)
+        .limit(1)
+    )
+
+
 def _inbox_insert_statement(*, by_event_key: bool) -> Any:
     """INSERT of an inbox row returning its id and the earliest earlier delivery of the same source with the same
     body, and the earliest with the same CMP event id, that was processed or was a repeat. Built once (parameters
     ``new_*``/``earlier_*``): constructing it costs more Python than running it.
 
-    Each key is a probe of its own index ((source_id, body_sha256, id) and (source_id, event_key, id)): a single
-    look-up with ``body OR event key`` left PostgreSQL a plan that walked every earlier delivery of the source,
-    a cost growing with the inbox (tests/db/cmp/test_cmp_inbox_query_plans.py)."""
+    Each key is a probe of its own index: a single look-up with ``body OR event key`` left PostgreSQL a plan that
+    walked every earlier delivery of the source, a cost growing with the inbox
+    (tests/db/cmp/test_cmp_inbox_query_plans.py)."""
     table = CmpInboxItem.__table__
 
     def earliest(column: Any, parameter: str) -> Any:
-        earlier = table.alias(f"earlier_by_{column.name}")
-        return (
-            select(earlier.c.id)
-            .where(
-                earlier.c.source_id == bindparam("new_source_id", type_=table.c.source_id.type),
-                earlier.c[column.name] == bindparam(parameter, type_=column.type),
-                # Two comparisons rather than IN: a literal IN list is re-rendered on every execution.
-                (earlier.c.status == "processed") | (earlier.c.status == "duplicate"),
-                # The new row itself is written ``processed`` already, and SQLite's RETURNING sees it. (The column
-                # is named in SQL: SQLAlchemy does not correlate a subquery in RETURNING to the inserted row.)
-                earlier.c.id != literal_column(f"{table.name}.id"),
-            )
-            .order_by(earlier.c.id)
-            .limit(1)
-            .scalar_subquery()
-        )
+        return earliest_copy(
+            bindparam("new_source_id", type_=table.c.source_id.type),
+            column.name,
+            bindparam(parameter, type_=column.type),
+            # The new row itself is written ``processed`` already, and SQLite's RETURNING sees it. (The column is
+            # named in SQL: SQLAlchemy does not correlate a subquery in RETURNING to the inserted row.)
+            literal_column(f"{table.name}.id"),
+        ).scalar_subquery()
 
     returning = [table.c.id, earliest(table.c.body_sha256, "earlier_body_sha256").label("same_body")]
     if by_event_key:
