@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    select,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
@@ -206,6 +207,13 @@ def json_recordset(name: str, columns: Sequence[tuple[str, Any]], parameter: str
         .table_valued(*(column(column_name, kind) for column_name, kind in columns))
         .render_derived(name=name, with_types=True)
     )
+
+
+def json_insert(table: Any, names: Sequence[str], *, name: str, parameter: str = "rows") -> Any:
+    """PostgreSQL's ``INSERT INTO table (names) SELECT names FROM json_to_recordset(:parameter)``: rows given as
+    one JSON document (``json_document``), each column read as the table declares it (see ``json_recordset``)."""
+    rows = json_recordset(name, [(column_name, table.c[column_name].type) for column_name in names], parameter)
+    return postgresql.insert(table).from_select(list(names), select(*(rows.c[column_name] for column_name in names)))
 
 
 def _json_default(value: Any) -> Any:

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, bindparam, delete, func, insert, literal, null, select, union_all
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import String, bindparam, delete, func, insert, literal, null, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -38,7 +37,7 @@ from sqlalchemy.orm import Session
 from hub.consent.ledger import fact_from_record, load_ledger
 from hub.consent.models import ConsentRecord, ConsentState, Purpose
 from hub.consent.policy import DENIED, STATUSES, ConsentFact, ConsentLedger, merge_denials
-from hub.db import UTCDateTime, json_document, json_recordset, unprepared
+from hub.db import json_document, json_insert, unprepared
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -648,20 +647,20 @@ def record_consent_many(
     return recorded
 
 
-_RECORD_COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("profile_id", String()),
-    ("purpose", String()),
-    ("status", String()),
-    ("collected_at", UTCDateTime()),
-    ("received_at", UTCDateTime()),
-    ("source", String()),
-    ("source_event_id", String()),
-    ("legal_basis", String()),
-    ("regulation", String()),
-    ("region", String()),
-    ("notice_version", String()),
-    ("expires_at", UTCDateTime()),
-    ("proof", JSONB()),
+_RECORD_COLUMNS = (
+    "profile_id",
+    "purpose",
+    "status",
+    "collected_at",
+    "received_at",
+    "source",
+    "source_event_id",
+    "legal_basis",
+    "regulation",
+    "region",
+    "notice_version",
+    "expires_at",
+    "proof",
 )
 
 
@@ -669,14 +668,8 @@ _RECORD_COLUMNS: tuple[tuple[str, Any], ...] = (
 def _postgresql_records_insert() -> Any:
     """``INSERT INTO consent_records ... SELECT ... FROM json_to_recordset(rows)``: one short statement for any
     number of rows (see ``hub.db.json_recordset``), each row's id returned with its key."""
-    rows = json_recordset("new_records", _RECORD_COLUMNS)
-    names = [name for name, _kind in _RECORD_COLUMNS]
-    return (
-        pg_insert(_RECORDS)
-        .from_select(names, select(*(rows.c[name] for name in names)))
-        .returning(
-            _RECORDS.c.id, _RECORDS.c.profile_id, _RECORDS.c.source, _RECORDS.c.source_event_id, _RECORDS.c.purpose
-        )
+    return json_insert(_RECORDS, _RECORD_COLUMNS, name="new_records").returning(
+        _RECORDS.c.id, _RECORDS.c.profile_id, _RECORDS.c.source, _RECORDS.c.source_event_id, _RECORDS.c.purpose
     )
 
 
@@ -684,7 +677,7 @@ def _insert_records(session: Session, rows: Sequence[Mapping[str, Any]]) -> list
     """Insert ledger rows (unique by profile, source, event id and purpose); their ids, in the rows' order."""
     if session.get_bind().dialect.name != "postgresql":
         return list(session.execute(_INSERT_RECORDS, list(rows)).scalars())
-    document = json_document([{name: row[name] for name, _kind in _RECORD_COLUMNS} for row in rows])
+    document = json_document([{name: row[name] for name in _RECORD_COLUMNS} for row in rows])
     ids = {
         (row.profile_id, row.source, row.source_event_id, row.purpose): row.id
         for row in session.execute(_postgresql_records_insert(), {"rows": document})
@@ -773,24 +766,14 @@ def _projection_upsert(dialect: str) -> Any:
     return statement
 
 
-_STATE_COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("profile_id", String()),
-    ("purpose", String()),
-    ("status", String()),
-    ("collected_at", UTCDateTime()),
-    ("expires_at", UTCDateTime()),
-    ("record_id", BigInteger()),
-    ("updated_at", UTCDateTime()),
-)
+_STATE_COLUMNS = ("profile_id", "purpose", "status", "collected_at", "expires_at", "record_id", "updated_at")
 
 
 @functools.cache
 def _postgresql_projection_upsert() -> Any:
     """The projection upsert as ``INSERT ... SELECT ... FROM json_to_recordset(rows) ON CONFLICT DO UPDATE``: one
     short statement for any number of rows (at most one per profile and purpose)."""
-    rows = json_recordset("new_state", _STATE_COLUMNS)
-    names = [name for name, _kind in _STATE_COLUMNS]
-    statement = pg_insert(_STATE).from_select(names, select(*(rows.c[name] for name in names)))
+    statement = json_insert(_STATE, _STATE_COLUMNS, name="new_state")
     return statement.on_conflict_do_update(
         index_elements=[_STATE.c.profile_id, _STATE.c.purpose],
         set_={name: statement.excluded[name] for name in _PROJECTION_COLUMNS},
