@@ -60,6 +60,32 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def add_source(session: Session) -> int:
+    return session.execute(
+        insert(CmpSource.__table__).returning(CmpSource.__table__.c.id),
+        {"name": "plans", "adapter": "generic", "authenticator": "hmac", "settings": {}, "enabled": True},
+    ).scalar_one()
+
+
+def fill_inbox(session: Session, source_id: int) -> None:
+    """ROWS processed deliveries of the source, each with its own body and CMP event id."""
+    session.execute(
+        insert(CmpInboxItem.__table__),
+        [
+            {
+                "source_id": source_id,
+                "received_at": NOW,
+                "body": b"x",
+                "body_sha256": f"{n:064x}",
+                "event_key": f"evt-{n}",
+                "headers": {},
+                "status": "processed",
+            }
+            for n in range(ROWS)
+        ],
+    )
+
+
 @pytest.fixture
 def postgresql_session(db_session: Session) -> Session:
     if db_session.get_bind().dialect.name != "postgresql":
@@ -70,10 +96,7 @@ def postgresql_session(db_session: Session) -> Session:
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
 def test_earlier_copies_are_probed_by_key(postgresql_session: Session, mode: str) -> None:
     session = postgresql_session
-    source_id = session.execute(
-        insert(CmpSource.__table__).returning(CmpSource.__table__.c.id),
-        {"name": "plans", "adapter": "generic", "authenticator": "hmac", "settings": {}, "enabled": True},
-    ).scalar_one()
+    source_id = add_source(session)
     values = {
         "new_source_id": source_id,
         "new_received_at": NOW,
@@ -89,21 +112,7 @@ def test_earlier_copies_are_probed_by_key(postgresql_session: Session, mode: str
     }
     prepared = PreparedPlan(session, _INBOX_INSERT[True], values, mode)
     prepared.explain()  # the first run, on an empty inbox: the plan a long-lived connection keeps
-    session.execute(
-        insert(CmpInboxItem.__table__),
-        [
-            {
-                "source_id": source_id,
-                "received_at": NOW,
-                "body": b"x",
-                "body_sha256": f"{n:064x}",
-                "event_key": f"evt-{n}",
-                "headers": {},
-                "status": "processed",
-            }
-            for n in range(ROWS)
-        ],
-    )
+    fill_inbox(session, source_id)
     text = prepared.explain()
     assert "Seq Scan on cmp_inbox" not in text, text
     assert "pk_cmp_inbox" not in text, text
@@ -118,25 +127,8 @@ def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session) -> 
     # The batch's look-up takes lists (one entry per delivery) and is sent unprepared (hub.db.unprepared), so it
     # is planned for its values: each branch must probe its index, not walk the source's deliveries.
     session = postgresql_session
-    source_id = session.execute(
-        insert(CmpSource.__table__).returning(CmpSource.__table__.c.id),
-        {"name": "batch-plans", "adapter": "generic", "authenticator": "hmac", "settings": {}, "enabled": True},
-    ).scalar_one()
-    session.execute(
-        insert(CmpInboxItem.__table__),
-        [
-            {
-                "source_id": source_id,
-                "received_at": NOW,
-                "body": b"x",
-                "body_sha256": f"{n:064x}",
-                "event_key": f"evt-{n}",
-                "headers": {},
-                "status": "processed",
-            }
-            for n in range(ROWS)
-        ],
-    )
+    source_id = add_source(session)
+    fill_inbox(session, source_id)
     values = {
         "source_ids": [source_id],
         "bodies": [f"{n:064x}" for n in (5, 50, 500, 5000)],

@@ -91,6 +91,11 @@ def post(client: FlaskClient, delivery: Delivery) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.get_json()
 
 
+def run_batch(app: Flask, batch: Sequence[Delivery]) -> list[Answer | None]:
+    extensions = app.extensions
+    return process_batch(extensions["hub.sessionmaker"], extensions["hub.encryptor"], extensions["hub.settings"], batch)
+
+
 def as_response(answer: Answer) -> tuple[int, dict[str, Any]]:
     if answer.error is not None:
         return answer.error.status, {"error": {"code": answer.error.code}}
@@ -185,7 +190,7 @@ def test_a_batch_answers_and_stores_what_one_by_one_does(
 
     # The same deliveries as one batch; what it leaves goes one by one afterwards, in order.
     batch = deliveries("batch", "b-")
-    answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
+    answers = run_batch(app, batch)
     left = [index for index, answer in enumerate(answers) if answer is None]
     assert left == [8], "only the malformed body needs the one-by-one path"
     batched = [
@@ -219,7 +224,7 @@ def test_a_decision_the_batch_cannot_take_goes_one_by_one_and_the_rest_stays_bat
     also_good = body("", "g3", "2026-11-28T10:00:00Z", {"email": "cy@example.com"}, ad_storage="denied")
     now = int(time.time())
     batch = [Delivery("batch", data, signed(data, now), "127.0.0.1", utcnow()) for data in (good, unknown, also_good)]
-    answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
+    answers = run_batch(app, batch)
     assert answers[1] is None  # left to the one-by-one path
     assert [a.outcome.records for a in (answers[0], answers[2]) if a is not None and a.outcome is not None] == [1, 1]
     db_session.expire_all()
@@ -245,7 +250,7 @@ def test_a_delivery_that_merges_profiles_goes_one_by_one(
     link = body("", "m3", "2026-11-28T11:00:00Z", {"email": "bob@example.com", "external_id": "42"}, sale="granted")
     other = body("", "m4", "2026-11-28T11:00:00Z", {"email": "cy@example.com"}, ad_storage="granted")
     batch = [Delivery("batch", data, signed(data, now), None, utcnow()) for data in (other, link)]
-    answers = process_batch(app.extensions["hub.sessionmaker"], encryptor, app.extensions["hub.settings"], batch)
+    answers = run_batch(app, batch)
     assert answers[1] is None
     assert answers[0] is not None
     assert answers[0].outcome is not None
