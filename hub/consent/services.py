@@ -357,19 +357,20 @@ def record_consent(
     cluster is skipped, so a repeated delivery returns ``[]``. Raises ``ConsentInputError`` (fields at fault),
     ``ProfileNotFound`` or ``SubjectErased`` (nothing written in either case).
     """
-    proof = dict(proof or {})
-    checks: dict[str, Any] = {
-        "collected_at": collected_at,
-        "source": source,
-        "source_event_id": source_event_id,
-        "legal_basis": legal_basis,
-        "regulation": regulation,
-        "region": region,
-        "notice_version": notice_version,
-        "expires_at": expires_at,
-        "proof": proof,
-        "now": now,
-    }
+    details = ConsentDecision(
+        profile_id,
+        purposes,
+        collected_at,
+        source,
+        source_event_id,
+        legal_basis=legal_basis,
+        regulation=regulation,
+        region=region,
+        notice_version=notice_version,
+        expires_at=expires_at,
+        proof=dict(proof or {}),
+    ).details()
+    checks: dict[str, Any] = {**details, "now": now}
     # Everything but the catalogue first (no I/O); with that valid, the root lock also counts the purposes.
     # Any problem: the full check, which reads the catalogue and names every field at fault together.
     try:
@@ -384,19 +385,7 @@ def record_consent(
         raise problem
     assert root is not None
     seen, state = _seen_and_state(session, root, source, source_event_id, purposes)
-    shared = {
-        "profile_id": root,
-        "collected_at": collected_at,
-        "received_at": now,
-        "source": source,
-        "source_event_id": source_event_id,
-        "legal_basis": legal_basis,
-        "regulation": regulation,
-        "region": region,
-        "notice_version": notice_version,
-        "expires_at": expires_at,
-        "proof": proof,
-    }
+    shared = {**details, "profile_id": root, "received_at": now}
     rows = [
         {**shared, "purpose": purpose, "status": status}
         for purpose, status in sorted(purposes.items())
@@ -614,16 +603,9 @@ def record_consent_many(
     owners: list[int] = []
     for index, decision in enumerate(decisions):
         shared = {
+            **decision.details(),
             "profile_id": decision.profile_id,
-            "collected_at": decision.collected_at,
             "received_at": decision.received_at or now,
-            "source": decision.source,
-            "source_event_id": decision.source_event_id,
-            "legal_basis": decision.legal_basis,
-            "regulation": decision.regulation,
-            "region": decision.region,
-            "notice_version": decision.notice_version,
-            "expires_at": decision.expires_at,
             "proof": dict(decision.proof),
         }
         for purpose, status in sorted(decision.purposes.items()):
