@@ -8,9 +8,7 @@ more row per delivery ever received. These tests pin the plans under both plan-c
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import insert
@@ -20,44 +18,10 @@ from hub.cmp.batch import _EARLIER_COPIES
 from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.cmp.services import _INBOX_INSERT
 from hub.db import unprepared
+from tests.support.plans import PreparedPlan
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROWS = 3000
-
-
-class PreparedPlan:
-    """``statement`` prepared on the session's connection, as psycopg prepares it after a few executions: the
-    plan PostgreSQL keeps for it (under ``force_generic_plan``) was made when the statement was first run."""
-
-    def __init__(self, session: Session, statement: Any, values: dict[str, Any], mode: str) -> None:
-        self.connection = session.connection()
-        compiled = statement.compile(dialect=self.connection.dialect)
-        params = compiled.construct_params(values)
-        order: list[str] = []
-
-        def placeholder(match: re.Match[str]) -> str:
-            if match.group(1) not in order:
-                order.append(match.group(1))
-            return f"${order.index(match.group(1)) + 1}"
-
-        sql = re.sub(r"%\((\w+)\)s", placeholder, str(compiled))
-        self.arguments = ", ".join(_literal(params[name]) for name in order)
-        self.connection.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
-        self.connection.exec_driver_sql(f"PREPARE kept_plan AS {sql}")
-
-    def explain(self) -> str:
-        rows = self.connection.exec_driver_sql(f"EXPLAIN EXECUTE kept_plan({self.arguments})").all()
-        return "\n".join(row[0] for row in rows)
-
-
-def _literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, bytes):
-        return "'\\x" + value.hex() + "'"
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def add_source(session: Session) -> int:
@@ -84,13 +48,6 @@ def fill_inbox(session: Session, source_id: int) -> None:
             for n in range(ROWS)
         ],
     )
-
-
-@pytest.fixture
-def postgresql_session(db_session: Session) -> Session:
-    if db_session.get_bind().dialect.name != "postgresql":
-        pytest.skip("plans and plan caching are PostgreSQL's")
-    return db_session
 
 
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])

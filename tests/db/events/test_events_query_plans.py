@@ -19,24 +19,14 @@ from hub.events.models import Event
 from hub.events.services import _postgresql_existing_statement
 from hub.profiles.models import Identity, Profile
 from hub.profiles.services import _postgresql_lookup_statement
+from tests.support.plans import PreparedPlan
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROWS = 3000
 
 
 def plan(session: Session, statement: Any, values: dict[str, Any], mode: str) -> str:
-    connection = session.connection()
-    compiled = statement.compile(dialect=connection.dialect)
-    connection.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
-    rows = connection.exec_driver_sql(f"EXPLAIN {compiled}", compiled.construct_params(values)).all()
-    return "\n".join(row[0] for row in rows)
-
-
-@pytest.fixture
-def postgresql_session(db_session: Session) -> Session:
-    if db_session.get_bind().dialect.name != "postgresql":
-        pytest.skip("plans and plan caching are PostgreSQL's; SQLite answers IN lists with index probes")
-    return db_session
+    return PreparedPlan(session, statement, values, mode).explain()
 
 
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
