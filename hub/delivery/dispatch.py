@@ -93,9 +93,9 @@ from hub.mappings.services import load_mapping_definitions
 from hub.metrics import Metrics
 from hub.profiles.models import Identity, Profile
 from hub.profiles.services import profile_traits
-from hub.rules.decision import EventFacts, decide
+from hub.rules.decision import decide
 from hub.rules.regions import RuleTable
-from hub.rules.services import decision_changes, load_rules
+from hub.rules.services import decision_changes, facts_of, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -503,16 +503,7 @@ def _claim(context: DeliveryContext, session: Session, now: datetime, size: int)
             change: dict[str, Any] = {"id": event.id, "lease_owner": None, "lease_expires_at": None}
             changes.append(change)
             person = consent.get(event.profile_id) if event.profile_id is not None else None
-            facts = EventFacts(
-                event_id=event.event_id,
-                source_event=event.source_event,
-                occurred_at=event.occurred_at,
-                received_at=event.received_at,
-                region=event.region,
-                profile_region=person.region if person is not None else None,
-                gpc=event.gpc,
-                suppressed=bool(event.suppressed),
-            )
+            facts = facts_of(event, person.region if person is not None else None)
             decision = decide(facts, person.ledger if person else _NO_CONSENT, rules, mappings, now, grace)
             batch.decisions[(decision.outcome, decision.reason_code)] += 1
             change.update(

@@ -229,7 +229,12 @@ def event_facts(session: Session, event: Event) -> tuple[EventFacts, ConsentLedg
         if root is not None:
             profile_region = session.execute(select(Profile.region).where(Profile.id == root)).scalar_one_or_none()
             ledger = load_ledger(session, root)
-    facts = EventFacts(
+    return facts_of(event, profile_region), ledger
+
+
+def facts_of(event: Event, profile_region: str | None) -> EventFacts:
+    """What the decision knows of a stored event, given its person's region (None: no person)."""
+    return EventFacts(
         event_id=event.event_id,
         source_event=event.source_event,
         occurred_at=event.occurred_at,
@@ -239,7 +244,6 @@ def event_facts(session: Session, event: Event) -> tuple[EventFacts, ConsentLedg
         gpc=event.gpc,
         suppressed=bool(event.suppressed),
     )
-    return facts, ledger
 
 
 def decide_stored_event(
