@@ -21,6 +21,7 @@ a concurrent writer, a database error).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,13 +30,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import bindparam, insert, select, union_all
+from sqlalchemy import bindparam, cast, insert, literal, null, select, true, union_all
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.cmp.adapters import ConsentSubmission
-from hub.cmp.models import CmpInboxItem
+from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.cmp.services import (
     KEPT_HEADERS,
+    SOURCE_COLUMNS,
     Delivery,
     DeliveryOutcome,
     DeliveryRejected,
@@ -49,11 +51,12 @@ from hub.cmp.services import (
     load_source,
     mark_inbox_rows,
     parse_delivery,
-    store_delivery,
+    source_config,
+    store_delivery_row,
 )
 from hub.config import Settings
 from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
-from hub.db import unprepared
+from hub.db import json_document, json_insert, unprepared
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
@@ -230,6 +233,22 @@ def _authenticated(source: SourceConfig, delivery: Delivery) -> Answer | None:
     return None
 
 
+def _accepted(source: SourceConfig, delivery: Delivery) -> bool:
+    """Whether ``source`` admits the delivery (address, credentials); quietly: a refusal on a kept reading of the
+    source is not final (``prepare``)."""
+    try:
+        authenticate(
+            source,
+            headers=delivery.headers,
+            body=delivery.body,
+            remote_addr=delivery.remote_addr,
+            now=delivery.received_at,
+        )
+    except WebhookAuthError:
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A batch
 # ----------------------------------------------------------------------------------------------------------
@@ -237,15 +256,16 @@ def _authenticated(source: SourceConfig, delivery: Delivery) -> Answer | None:
 
 @dataclass(frozen=True)
 class _Item:
-    """A delivery the batch takes: authenticated, parsed to one submission about a person named by hub
-    identifiers."""
+    """A delivery the batch takes, prepared by its request thread: authenticated against ``source`` as the
+    thread found it (the batch checks it is still the source's configuration), parsed to one submission about a
+    person named by hub identifiers, its inbox row built (the body encrypted)."""
 
-    index: int
     delivery: Delivery
     source: SourceConfig
     parsed: ParsedDelivery
     submission: ConsentSubmission
     prepared: PreparedIdentity
+    row: Mapping[str, Any]
 
 
 class _OneByOne(Exception):
@@ -257,46 +277,118 @@ class _OneByOne(Exception):
         self.indexes = frozenset(indexes)
 
 
-class DeliveryBatcher(GroupCommit[Delivery, Answer]):
+class DeliveryBatcher:
     """The process's group commit for CMP deliveries (``hub.cmp.views``). ``extensions``: the app's, read when a
-    batch runs (the session factory, encryptor and settings the app holds then)."""
+    delivery comes (the session factory, encryptor and settings the app holds then).
+
+    A request thread prepares its own delivery (``prepare``: authentication, parsing, identifiers, the encrypted
+    inbox row) against the source as the process last read it, so the leader, which every delivery of a batch
+    waits for, only does the database work; the batch then checks, in its transaction, that each source is still
+    configured as it was when its deliveries were prepared."""
 
     def __init__(self, extensions: Mapping[str, Any]) -> None:
-        def work(deliveries: Sequence[Delivery]) -> list[Answer | None]:
-            extensions["hub.metrics"].webhook_batches.observe(len(deliveries))
-            return process_batch(
-                extensions["hub.sessionmaker"], extensions["hub.encryptor"], extensions["hub.settings"], deliveries
+        self._extensions = extensions
+        self.sources: dict[str, SourceConfig] = {}  # by name, as last read (see ``prepare``)
+
+        def work(items: Sequence[_Item]) -> list[Answer | None]:
+            extensions["hub.metrics"].webhook_batches.observe(len(items))
+            return process_items(
+                extensions["hub.sessionmaker"],
+                extensions["hub.encryptor"],
+                extensions["hub.settings"],
+                items,
+                self.sources,
             )
 
-        super().__init__(work)
+        self.commit: GroupCommit[_Item, Answer] = GroupCommit(work)
+
+    def submit(self, delivery: Delivery) -> Answer | None:
+        """The delivery's answer once its batch is committed (or a refusal); None: its request thread processes
+        it one by one."""
+        extensions = self._extensions
+        prepared = prepare(
+            extensions["hub.sessionmaker"],
+            extensions["hub.encryptor"],
+            extensions["hub.settings"],
+            self.sources,
+            delivery,
+        )
+        if isinstance(prepared, _Item):
+            return self.commit.submit(prepared)
+        return prepared
+
+
+def prepare(
+    sessions: sessionmaker[Session],
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    sources: dict[str, SourceConfig],
+    delivery: Delivery,
+) -> _Item | Answer | None:
+    """A delivery made ready for a batch, in its request thread; or its refusal; or None for the one-by-one path.
+
+    ``sources`` holds each source as this process last read it; a source not in it is read (and kept). A delivery
+    that the kept configuration refuses goes one by one, which reads the source again: credentials rotated or an
+    address allowed since are not refused on an old reading. One it accepts is checked by the batch, in the
+    batch's transaction, against the source's configuration then (``_check_sources``)."""
+    source = sources.get(delivery.source_name)
+    if source is None:
+        with sessions() as session:
+            source, refusal = admit(session, encryptor, delivery)
+        if source is None or refusal is not None:
+            return refusal
+        sources[delivery.source_name] = source
+    elif not _accepted(source, delivery):
+        return None
+    parsed = parse_delivery(source, delivery.body)
+    eligible = _eligible(settings, parsed)
+    if eligible is None:
+        return None
+    return _Item(delivery, source, parsed, *eligible, row=inbox_row(encryptor, source, parsed, delivery))
 
 
 def process_batch(
     sessions: sessionmaker[Session], encryptor: FieldEncryptor, settings: Settings, deliveries: Sequence[Delivery]
 ) -> list[Answer | None]:
-    """Answer the deliveries the batch takes, committed together; ``None`` for the others (and for all of them
-    when the batch fails): their request threads process them one by one."""
+    """What the batcher answers for ``deliveries`` arriving together, each source read afresh: the refusals, the
+    answers of the deliveries the batch takes, committed together, and ``None`` for the others (their request
+    threads process them one by one)."""
+    sources: dict[str, SourceConfig] = {}
+    prepared = [prepare(sessions, encryptor, settings, sources, delivery) for delivery in deliveries]
+    items = [item for item in prepared if isinstance(item, _Item)]
+    answers = iter(process_items(sessions, encryptor, settings, items, sources))
+    return [next(answers) if isinstance(item, _Item) else item for item in prepared]
+
+
+def process_items(
+    sessions: sessionmaker[Session],
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    items: Sequence[_Item],
+    sources: dict[str, SourceConfig],
+) -> list[Answer | None]:
+    """Answer the prepared deliveries, committed together; ``None`` for those the batch does not take (and for
+    all of them when the batch fails): their request threads process them one by one. ``sources`` is updated
+    with every source found changed since its deliveries were prepared."""
     excluded: set[int] = set()
     for _attempt in range(BATCH_ATTEMPTS):
         session = sessions()
         try:
-            answers = _process(session, encryptor, settings, deliveries, excluded)
+            answers = _process(session, encryptor, settings, items, excluded, sources)
             session.commit()
             return answers
         except _OneByOne as error:
             # Taken again without them; they are answered one by one after this batch is committed.
-            log.debug("%d of a batch of %d deliveries go one by one: %s", len(error.indexes), len(deliveries), error)
+            log.debug("%d of a batch of %d deliveries go one by one: %s", len(error.indexes), len(items), error)
             excluded |= error.indexes
         except Exception as error:
             # A conflict with a concurrent writer, a database error: one by one, each answered on its own.
-            log.warning(
-                "a batch of %d deliveries failed (%s); they go one by one", len(deliveries), type(error).__name__
-            )
+            log.warning("a batch of %d deliveries failed (%s); they go one by one", len(items), type(error).__name__)
             break
         finally:
             session.rollback()
             session.close()
-    return [None] * len(deliveries)
+    return [None] * len(items)
 
 
 def _eligible(settings: Settings, parsed: ParsedDelivery) -> tuple[ConsentSubmission, PreparedIdentity] | None:
@@ -316,63 +408,52 @@ def _process(
     session: Session,
     encryptor: FieldEncryptor,
     settings: Settings,
-    deliveries: Sequence[Delivery],
-    excluded: Collection[int] = (),
+    items: Sequence[_Item],
+    excluded: Collection[int],
+    sources: dict[str, SourceConfig],
 ) -> list[Answer | None]:
-    answers: list[Answer | None] = [None] * len(deliveries)
-    admitted: dict[str, tuple[SourceConfig | None, Answer | None]] = {}
-    items: list[_Item] = []
-    for index, delivery in enumerate(deliveries):
-        if index in excluded:
-            continue
-        if delivery.source_name not in admitted:
-            admitted[delivery.source_name] = admit(session, encryptor, delivery)
-            source, refusal = admitted[delivery.source_name]
-        else:
-            source, refusal = admitted[delivery.source_name]
-            if source is not None:
-                refusal = _authenticated(source, delivery)
-        if source is None or refusal is not None:
-            answers[index] = refusal
-            continue
-        parsed = parse_delivery(source, delivery.body)
-        eligible = _eligible(settings, parsed)
-        if eligible is not None:
-            items.append(_Item(index, delivery, source, parsed, *eligible))
-    if not items:
+    answers: list[Answer | None] = [None] * len(items)
+    taken = {index: item for index, item in enumerate(items) if index not in excluded}
+    if not taken:
         return answers
+    if session.get_bind().dialect.name == "postgresql":
+        current, inbox_ids, duplicate_of = _store_postgresql(session, encryptor, taken)
+        _check_sources(taken, current, sources)
+    else:
+        names = sorted({item.source.name for item in taken.values()})
+        _check_sources(taken, {name: load_source(session, encryptor, name) for name in names}, sources)
+        inbox_ids, duplicate_of = _store(session, taken)
 
     # One by one, a delivery's times are all its arrival; a batch keeps that for the inbox rows and the ledger,
     # and resolves everyone at the latest arrival of the batch (the time profiles and identities are stamped).
-    now = max(item.delivery.received_at for item in items)
-    inbox_ids, duplicate_of = _store(session, encryptor, items)
+    now = max(item.delivery.received_at for item in taken.values())
     notes: dict[int, list[str]] = {}
-    fresh: list[_Item] = []
-    for item, earlier in zip(items, duplicate_of, strict=True):
+    fresh: dict[int, _Item] = {}
+    marks: list[dict[str, Any]] = []
+    for index, item in taken.items():
+        earlier = duplicate_of[index]
         if earlier is None:
-            fresh.append(item)
-            notes[item.index] = [f"ignored {label}" for label in item.submission.ignored]
+            fresh[index] = item
+            notes[index] = [f"ignored {label}" for label in item.submission.ignored]
             continue
-        answers[item.index] = Answer(
+        answers[index] = Answer(
             item.source.name,
             "duplicate",
             outcome=DeliveryOutcome("duplicate", notes=(f"same body or event id as delivery {earlier}",)),
         )
-    marks = [
-        {
-            "inbox_id": inbox_ids[item.index],
-            "status": "duplicate",
-            "note": f"same body or CMP event id as inbox item {earlier}",
-        }
-        for item, earlier in zip(items, duplicate_of, strict=True)
-        if earlier is not None
-    ]
+        marks.append(
+            {
+                "inbox_id": inbox_ids[index],
+                "status": "duplicate",
+                "note": f"same body or CMP event id as inbox item {earlier}",
+            }
+        )
 
     profiles = _resolve(session, encryptor, settings, fresh, notes, now)
     decisions: list[ConsentDecision] = []
-    decided: list[_Item] = []
-    for item in fresh:
-        profile_id = profiles[item.index]
+    decided: list[int] = []
+    for index, item in fresh.items():
+        profile_id = profiles[index]
         if profile_id is None:
             continue
         decisions.append(
@@ -380,38 +461,55 @@ def _process(
                 item.source,
                 item.submission,
                 profile_id,
-                inbox_ids[item.index],
+                inbox_ids[index],
                 item.parsed.body_sha256,
                 received_at=item.delivery.received_at,
             )
         )
-        decided.append(item)
+        decided.append(index)
     try:
         written = record_consent_many(session, decisions, now=now)
     except BatchNotApplicable as error:
-        raise _OneByOne(str(error), (decided[i].index for i in error.decisions)) from None
-    recorded = dict(zip((item.index for item in decided), written, strict=True))
-    for item in fresh:
-        records = recorded.get(item.index, [])
-        kept = tuple(notes[item.index])
-        answers[item.index] = Answer(
+        raise _OneByOne(str(error), (decided[i] for i in error.decisions)) from None
+    recorded = dict(zip(decided, written, strict=True))
+    for index, item in fresh.items():
+        records = recorded.get(index, [])
+        kept = tuple(notes[index])
+        answers[index] = Answer(
             item.source.name,
             "processed",
             outcome=DeliveryOutcome(
                 "processed",
                 records=len(records),
-                profile_id=profiles[item.index],
+                profile_id=profiles[index],
                 record_ids=tuple(record.id for record in records),
                 notes=kept,
             ),
         )
         if kept:
-            marks.append({"inbox_id": inbox_ids[item.index], "status": "processed", "note": "; ".join(kept)[:2000]})
+            marks.append({"inbox_id": inbox_ids[index], "status": "processed", "note": "; ".join(kept)[:2000]})
     mark_inbox_rows(session, marks)
     return answers
 
 
+def _check_sources(
+    taken: Mapping[int, _Item], current: Mapping[str, SourceConfig | None], sources: dict[str, SourceConfig]
+) -> None:
+    """Raise ``_OneByOne`` naming the deliveries whose source, as read in this transaction (``current``, by name;
+    None: disabled or removed), is no longer what their request thread prepared them with (credentials, adapter,
+    mapping changed): the one-by-one path admits them again. ``sources`` keeps what was read here."""
+    for name, config in current.items():
+        if config is None:
+            sources.pop(name, None)
+        else:
+            sources[name] = config
+    changed = [index for index, item in taken.items() if current.get(item.source.name) != item.source]
+    if changed:
+        raise _OneByOne("sources changed since their deliveries were prepared", changed)
+
+
 _INBOX = CmpInboxItem.__table__
+_SOURCES = CmpSource.__table__
 _INSERT_INBOX_ROWS = insert(_INBOX).returning(_INBOX.c.id, sort_by_parameter_order=True)
 
 
@@ -430,18 +528,139 @@ def _earlier_copies_statement() -> Any:
 _EARLIER_COPIES = _earlier_copies_statement()
 
 
-def _store(
-    session: Session, encryptor: FieldEncryptor, items: Sequence[_Item]
-) -> tuple[dict[int, int], list[int | None]]:
-    """Insert the batch's inbox rows (``processed``; repeats are marked afterwards); their ids by delivery index
-    and, per item, the earliest earlier delivery with the same body or CMP event id (stored before the batch,
-    or earlier in it) — what ``store_delivery`` finds for one delivery."""
-    if len(items) == 1:
-        # A lone delivery: its row and the look-up of earlier copies in one statement.
-        [item] = items
-        stored = store_delivery(session, encryptor, item.source, item.parsed, item.delivery)
-        return {item.index: stored.inbox_id}, [stored.duplicate_of]
+_INBOX_COLUMNS = (
+    "source_id",
+    "received_at",
+    "body",
+    "body_sha256",
+    "event_key",
+    "headers",
+    "status",
+    "error",
+    "processed_at",
+)
+
+
+@functools.cache
+def _postgresql_store_statement() -> Any:
+    """One PostgreSQL statement for a batch's inbox: insert its rows (one JSON document), and read the enabled
+    sources it names and the earlier copies of its deliveries (processed or repeat, by body or CMP event id; each
+    branch probes its own index). The reads see the database as it was before the insert. The result has
+    columns ``kind`` ("new", "earlier" or "source"), the inbox columns and the source columns, NULL where they do
+    not apply."""
+    new_rows = (
+        json_insert(_INBOX, _INBOX_COLUMNS, name="new_inbox")
+        .returning(_INBOX.c.id, _INBOX.c.body_sha256, _INBOX.c.received_at)
+        .cte("inserted")
+    )
+
+    def absent(column: Any) -> Any:
+        return cast(null(), column.type).label(column.name)
+
+    source_columns = [column for column in SOURCE_COLUMNS if column.name not in ("id",)]
+    inbox = (_INBOX.c.id, _INBOX.c.source_id, _INBOX.c.body_sha256, _INBOX.c.event_key, _INBOX.c.received_at)
+    sources = _INBOX.c.source_id.in_(bindparam("source_ids", expanding=True))
+    earlier = handled(_INBOX)
+    return union_all(
+        select(
+            literal("new").label("kind"),
+            new_rows.c.id,
+            absent(_INBOX.c.source_id),
+            new_rows.c.body_sha256,
+            absent(_INBOX.c.event_key),
+            new_rows.c.received_at,
+            *map(absent, source_columns),
+        ),
+        select(literal("earlier"), *inbox, *map(absent, source_columns)).where(
+            sources, _INBOX.c.body_sha256.in_(bindparam("bodies", expanding=True)), earlier
+        ),
+        select(literal("earlier"), *inbox, *map(absent, source_columns)).where(
+            sources, _INBOX.c.event_key.in_(bindparam("event_keys", expanding=True)), earlier
+        ),
+        select(
+            literal("source"),
+            _SOURCES.c.id,
+            absent(_INBOX.c.source_id),
+            absent(_INBOX.c.body_sha256),
+            absent(_INBOX.c.event_key),
+            absent(_INBOX.c.received_at),
+            *source_columns,
+        ).where(_SOURCES.c.name.in_(bindparam("names", expanding=True)), _SOURCES.c.enabled == true()),
+    )
+
+
+def _store_postgresql(
+    session: Session, encryptor: FieldEncryptor, taken: Mapping[int, _Item]
+) -> tuple[dict[str, SourceConfig | None], dict[int, int], dict[int, int | None]]:
+    """``_store`` and the read of the batch's sources in one statement: the sources by name (None: not enabled),
+    and by delivery index the new inbox rows' ids and the earliest earlier copies."""
+    items = list(taken.values())
+    document = json_document([_json_row(item.row) for item in items])
+    parameters = {
+        "rows": document,
+        "names": sorted({item.source.name for item in items}),
+        "source_ids": sorted({item.source.id for item in items}),
+        "bodies": sorted({item.parsed.body_sha256 for item in items}),
+        "event_keys": sorted({key for item in items if (key := item.parsed.event_key) is not None}),
+    }
+    with unprepared(session):  # its lists' lengths vary with the batch
+        found = session.execute(_postgresql_store_statement(), parameters).all()
+    current: dict[str, SourceConfig | None] = dict.fromkeys(parameters["names"])
+    new_rows = []
+    earlier = []
+    for row in found:
+        if row.kind == "new":
+            new_rows.append(row)
+        elif row.kind == "earlier":
+            earlier.append(row)
+        else:
+            current[row.name] = source_config(encryptor, row)
+    # The rows are inserted in the document's order, so their ids ascend in it; checked, since the statement's
+    # result does not promise an order.
+    new_rows.sort(key=lambda row: row.id)
+    if [(row.body_sha256, row.received_at) for row in new_rows] != [
+        (item.parsed.body_sha256, item.row["received_at"]) for item in items
+    ]:
+        raise RuntimeError("the batch's inbox rows came back in an order other than their insertion")
+    ids = [row.id for row in new_rows]
+    return current, dict(zip(taken, ids, strict=True)), _copies(taken, earlier, ids)
+
+
+def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    # The body travels in bytea's hex input format: the JSON document carries text only.
+    return {**row, "body": "\\x" + row["body"].hex()}
+
+
+def _copies(taken: Mapping[int, _Item], found: Iterable[Any], ids: Sequence[int]) -> dict[int, int | None]:
+    """By delivery index, the earliest delivery with its body or CMP event id: of those ``found`` before the
+    batch (rows with ``id``, ``source_id``, ``body_sha256``, ``event_key``), or earlier in the batch (``ids``:
+    the batch's inbox rows, in order)."""
     earliest: dict[tuple[int, str, str], int] = {}
+    for row in found:
+        for key in ((row.source_id, "body", row.body_sha256), (row.source_id, "event", row.event_key)):
+            if key[2] is not None and (key not in earliest or row.id < earliest[key]):
+                earliest[key] = row.id
+    duplicate_of: dict[int, int | None] = {}
+    for (index, item), inbox_id in zip(taken.items(), ids, strict=True):
+        keys = [(item.source.id, "body", item.parsed.body_sha256)]
+        if item.parsed.event_key is not None:
+            keys.append((item.source.id, "event", item.parsed.event_key))
+        duplicate_of[index] = min((earliest[key] for key in keys if key in earliest), default=None)
+        for key in keys:
+            earliest.setdefault(key, inbox_id)  # a copy later in the batch repeats this one
+    return duplicate_of
+
+
+def _store(session: Session, taken: Mapping[int, _Item]) -> tuple[dict[int, int], dict[int, int | None]]:
+    """Insert the batch's inbox rows (``processed``; repeats are marked afterwards); by delivery index, their ids
+    and the earliest earlier delivery with the same body or CMP event id (stored before the batch, or earlier in
+    it) — what ``store_delivery`` finds for one delivery."""
+    if len(taken) == 1:
+        # A lone delivery: its row and the look-up of earlier copies in one statement.
+        [(index, item)] = taken.items()
+        stored = store_delivery_row(session, item.row, item.parsed)
+        return {index: stored.inbox_id}, {index: stored.duplicate_of}
+    items = list(taken.values())
     parameters = {
         "source_ids": sorted({item.source.id for item in items}),
         "bodies": sorted({item.parsed.body_sha256 for item in items}),
@@ -449,54 +668,41 @@ def _store(
     }
     with unprepared(session):  # its lists' lengths vary with the batch
         found = session.execute(_EARLIER_COPIES, parameters).all()
-    for row in found:
-        for key in ((row.source_id, "body", row.body_sha256), (row.source_id, "event", row.event_key)):
-            if key[2] is not None and (key not in earliest or row.id < earliest[key]):
-                earliest[key] = row.id
-    rows = [inbox_row(encryptor, item.source, item.parsed, item.delivery) for item in items]
-    ids = session.execute(_INSERT_INBOX_ROWS, rows).scalars().all()
-    duplicate_of: list[int | None] = []
-    for item, inbox_id in zip(items, ids, strict=True):
-        keys = [(item.source.id, "body", item.parsed.body_sha256)]
-        if item.parsed.event_key is not None:
-            keys.append((item.source.id, "event", item.parsed.event_key))
-        duplicate_of.append(min((earliest[key] for key in keys if key in earliest), default=None))
-        for key in keys:
-            earliest.setdefault(key, inbox_id)  # a copy later in the batch repeats this one
-    return {item.index: inbox_id for item, inbox_id in zip(items, ids, strict=True)}, duplicate_of
+    ids = session.execute(_INSERT_INBOX_ROWS, [item.row for item in items]).scalars().all()
+    return dict(zip(taken, ids, strict=True)), _copies(taken, found, ids)
 
 
 def _resolve(
     session: Session,
     encryptor: FieldEncryptor,
     settings: Settings,
-    items: Sequence[_Item],
+    items: Mapping[int, _Item],
     notes: dict[int, list[str]],
     now: datetime,
 ) -> dict[int, str | None]:
     """Each item's person (None: erased; nothing is recorded), resolved a source at a time (the merge journal
     names the source). Raises ``_OneByOne`` naming the subjects the one-by-one path answers otherwise (not
     settled: an error; merging profiles)."""
-    by_source: dict[str, list[_Item]] = {}
-    for item in items:
-        by_source.setdefault(item.source.record_source, []).append(item)
+    by_source: dict[str, list[int]] = {}
+    for index, item in items.items():
+        by_source.setdefault(item.source.record_source, []).append(index)
     profiles: dict[int, str | None] = {}
     unsettled: list[int] = []
     for record_source, members in by_source.items():
         resolutions = resolve_many(
-            session, encryptor, [item.prepared for item in members], source=record_source, settings=settings, now=now
+            session, encryptor, [items[i].prepared for i in members], source=record_source, settings=settings, now=now
         )
-        for item, resolution in zip(members, resolutions, strict=True):
+        for index, resolution in zip(members, resolutions, strict=True):
             if resolution.suppressed:
-                notes[item.index].append("the subject was erased; nothing recorded")
-                profiles[item.index] = None
+                notes[index].append("the subject was erased; nothing recorded")
+                profiles[index] = None
             elif resolution.profile_id is None or resolution.merged:
                 # Not settled, or merging profiles: one by one, each decision is recorded for the person as they
                 # were when it came (before a merge, on the profile merged away); a batch resolves everyone first.
-                unsettled.append(item.index)
+                unsettled.append(index)
             else:
-                notes[item.index].extend(resolution.notes)
-                profiles[item.index] = resolution.profile_id
+                notes[index].extend(resolution.notes)
+                profiles[index] = resolution.profile_id
     if unsettled:
         raise _OneByOne("subjects not settled by resolution, or merging profiles", unsettled)
     return profiles

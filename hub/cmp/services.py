@@ -135,15 +135,19 @@ class DeliveryOutcome:
 
 
 _SOURCES = CmpSource.__table__
-# One row of plain columns (a Core statement, built once): the ORM entity's loading cost more than the query.
-_ENABLED_SOURCE = select(
+# What a webhook reads of a source (see ``source_config``).
+SOURCE_COLUMNS = (
     _SOURCES.c.id,
     _SOURCES.c.name,
     _SOURCES.c.adapter,
     _SOURCES.c.authenticator,
     _SOURCES.c.secret_encrypted,
     _SOURCES.c.settings,
-).where(_SOURCES.c.name == bindparam("name", type_=String), _SOURCES.c.enabled == true())
+)
+# One row of plain columns (a Core statement, built once): the ORM entity's loading cost more than the query.
+_ENABLED_SOURCE = select(*SOURCE_COLUMNS).where(
+    _SOURCES.c.name == bindparam("name", type_=String), _SOURCES.c.enabled == true()
+)
 
 
 def load_source(session: Session, encryptor: FieldEncryptor, name: str) -> SourceConfig | None:
@@ -152,8 +156,11 @@ def load_source(session: Session, encryptor: FieldEncryptor, name: str) -> Sourc
     Read from the database on every request, not cached: a disabled source or rotated credentials take effect
     with the next delivery."""
     row = session.execute(_ENABLED_SOURCE, {"name": name}).first()
-    if row is None:
-        return None
+    return None if row is None else source_config(encryptor, row)
+
+
+def source_config(encryptor: FieldEncryptor, row: Any) -> SourceConfig:
+    """The ``SourceConfig`` of a row of ``SOURCE_COLUMNS``."""
     return SourceConfig(
         id=row.id,
         name=row.name,
@@ -340,7 +347,11 @@ def store_delivery(
     The row is written with its final status when nothing goes wrong: ``failed`` with the reason when the body
     cannot be processed as sent (or ``failure`` is given: processing failed and was rolled back), else
     ``processed`` with the CMP's event id, which ``process_delivery`` completes in the same transaction."""
-    values = inbox_row(encryptor, source, parsed, delivery, failure=failure)
+    return store_delivery_row(session, inbox_row(encryptor, source, parsed, delivery, failure=failure), parsed)
+
+
+def store_delivery_row(session: Session, values: Mapping[str, Any], parsed: ParsedDelivery) -> StoredDelivery:
+    """``store_delivery`` with the delivery's inbox row already built (``inbox_row``)."""
     parameters: dict[str, Any] = {f"new_{name}": value for name, value in values.items()}
     parameters["earlier_body_sha256"] = parsed.body_sha256
     if parsed.event_key is not None:

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from hub.cmp.batch import _EARLIER_COPIES
+from hub.cmp.batch import _postgresql_store_statement
 from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.cmp.services import _INBOX_INSERT
-from hub.db import unprepared
+from hub.db import json_document, unprepared
 from tests.support.plans import PreparedPlan
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -81,19 +81,35 @@ def test_earlier_copies_are_probed_by_key(postgresql_session: Session, mode: str
 
 
 def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session) -> None:
-    # The batch's look-up takes lists (one entry per delivery) and is sent unprepared (hub.db.unprepared), so it
-    # is planned for its values: each branch must probe its index, not walk the source's deliveries.
+    # The batch's statement (its inbox rows, its sources, earlier copies of its deliveries) takes lists, one
+    # entry per delivery, and is sent unprepared (hub.db.unprepared), so it is planned for its values: each
+    # look-up must probe its index, not walk the source's deliveries.
     session = postgresql_session
     source_id = add_source(session)
     fill_inbox(session, source_id)
+    row = {
+        "source_id": source_id,
+        "received_at": NOW,
+        "body": "\\x79",
+        "body_sha256": "f" * 64,
+        "event_key": "evt-new",
+        "headers": {},
+        "status": "processed",
+        "error": None,
+        "processed_at": NOW,
+    }
     values = {
+        "rows": json_document([row]),
+        "names": ["plans"],
         "source_ids": [source_id],
         "bodies": [f"{n:064x}" for n in (5, 50, 500, 5000)],
         "event_keys": [f"evt-{n}" for n in (7, 70, 700)],
     }
     # Values written into the statement: planned for them, as an unprepared statement is.
-    sql = _EARLIER_COPIES.params(**values).compile(
-        dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}
+    sql = (
+        _postgresql_store_statement()
+        .params(**values)
+        .compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True})
     )
     text = "\n".join(row[0] for row in session.connection().exec_driver_sql(f"EXPLAIN {sql}"))
     assert "Seq Scan on cmp_inbox" not in text, text

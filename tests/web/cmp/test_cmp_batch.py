@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from hub.cmp.auth import sign_hmac
 from hub.cmp.batch import Answer, Delivery, GroupCommit, process_batch
 from hub.cmp.models import CmpInboxItem, CmpSource
+from hub.cmp.services import inbox_body
+from hub.cmp.sources import update_source
 from hub.consent.models import ConsentRecord, ConsentState
 from hub.consent.services import verify_projection
 from hub.db import utcnow
@@ -192,7 +194,9 @@ def test_a_batch_answers_and_stores_what_one_by_one_does(
     batch = deliveries("batch", "b-")
     answers = run_batch(app, batch)
     left = [index for index, answer in enumerate(answers) if answer is None]
-    assert left == [8], "only the malformed body needs the one-by-one path"
+    # The malformed body, and the bad signature: refused by the source as the batcher keeps it, which the
+    # one-by-one path confirms with the source read again.
+    assert left == [8, 9]
     batched = [
         as_response(answer) if answer is not None else post(client, batch[i]) for i, answer in enumerate(answers)
     ]
@@ -380,3 +384,77 @@ def test_batch_sizes_are_in_the_metrics(client: FlaskClient, db_session: Session
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'hub_cmp_webhook_batch_size_bucket{le="1.0"} 1.0' in metrics
     assert 'hub_cmp_webhooks_total{result="processed",source="batch"} 1.0' in metrics
+
+
+def test_a_source_changed_after_it_was_read_takes_effect_with_the_next_delivery(
+    app: Flask, client: FlaskClient, db_session: Session, encryptor: FieldEncryptor
+) -> None:
+    # The batcher prepares deliveries with each source as the process last read it; a change made since (here
+    # from another session, as an admin or another process would) must still govern the next delivery.
+    source = make_source(db_session, encryptor, "batch", "generic", "hmac")
+    db_session.commit()
+    now = int(time.time())
+    first = body("", "c1", "2026-11-28T10:00:00Z", {"email": "ann@example.com"}, ad_user_data="granted")
+    assert post(client, Delivery("batch", first, signed(first, now), None, utcnow()))[0] == 200
+    assert "batch" in app.extensions["hub.cmp_batcher"].sources
+
+    # A new purpose map: a delivery prepared with the old one (where ad_storage meant itself) is taken again and
+    # mapped with the new one.
+    update_source(
+        db_session, encryptor, source.id, settings={"purpose_map": {"ad_storage": "ad_user_data"}}, now=utcnow()
+    )
+    db_session.commit()
+    mapped = body("", "c2", "2026-11-28T11:00:00Z", {"email": "ann@example.com"}, ad_storage="denied")
+    status, answer = post(client, Delivery("batch", mapped, signed(mapped, now), None, utcnow()))
+    assert (status, answer["status"], answer["records"]) == (200, "processed", 1)
+    db_session.expire_all()
+    assert [r.purpose for r in db_session.scalars(select(ConsentRecord).where(ConsentRecord.status == "denied"))] == [
+        "ad_user_data"
+    ]
+
+    # A rotated secret: the new one is accepted at once, the old one refused.
+    update_source(db_session, encryptor, source.id, secret="a-new-secret-that-is-long-enough-0123", now=utcnow())
+    db_session.commit()
+    rotated = body("", "c3", "2026-11-28T12:00:00Z", {"email": "ann@example.com"}, ad_user_data="granted")
+    new_signature = {"X-Hub-Signature": sign_hmac(b"a-new-secret-that-is-long-enough-0123", rotated, now)}
+    assert post(client, Delivery("batch", rotated, new_signature, None, utcnow()))[0] == 200
+    stale = body("", "c4", "2026-11-28T12:00:00Z", {"email": "ann@example.com"}, ad_user_data="granted")
+    assert post(client, Delivery("batch", stale, signed(stale, now), None, utcnow()))[0] == 401
+
+    # Disabled: refused, nothing stored.
+    update_source(db_session, encryptor, source.id, enabled=False, now=utcnow())
+    db_session.commit()
+    late = body("", "c5", "2026-11-28T13:00:00Z", {"email": "ann@example.com"}, ad_user_data="denied")
+    late_signature = {"X-Hub-Signature": sign_hmac(b"a-new-secret-that-is-long-enough-0123", late, now)}
+    assert post(client, Delivery("batch", late, late_signature, None, utcnow()))[0] == 404
+    db_session.expire_all()
+    assert [item.event_key for item in db_session.scalars(select(CmpInboxItem).order_by(CmpInboxItem.id))] == [
+        "c1",
+        "c2",
+        "c3",
+    ]
+    assert verify_projection(db_session) == []
+
+
+def test_a_batch_keeps_each_raw_body_exactly(app: Flask, db_session: Session, encryptor: FieldEncryptor) -> None:
+    make_source(db_session, encryptor, "batch", "generic", "hmac")
+    db_session.commit()
+    now = int(time.time())
+    bodies = [
+        # Escapes, non-ASCII text, a byte-order mark: the inbox keeps the bytes as sent, not the parsed JSON.
+        b'{"id": "r1", "collected_at": "2026-11-28T10:00:00Z", "subject": {"email": "z\\u00fc@example.com"},'
+        b' "region": "DE", "purposes": {"ad_user_data": "granted"}, "note": "a\\\\b \\"q\\" \\/"}',
+        '\ufeff{"id": "r2", "collected_at": "2026-11-28T10:00:00Z", "subject": {"email": "jörg@example.com"},'
+        ' "region": "DE", "purposes": {"ad_storage": "denied"}, "note": "日本 \\u0000 end"}'.encode(),
+    ]
+    batch = [
+        Delivery("batch", data, {**signed(data, now), "User-Agent": "cmp/1.0"}, "10.0.0.7", utcnow()) for data in bodies
+    ]
+    answers = run_batch(app, batch)
+    assert [a.result for a in answers if a is not None] == ["processed", "processed"]
+    db_session.expire_all()
+    items = db_session.scalars(select(CmpInboxItem).order_by(CmpInboxItem.id)).all()
+    assert [inbox_body(encryptor, item) for item in items] == bodies
+    assert [item.event_key for item in items] == ["r1", "r2"]
+    assert all(item.headers.get("remote_addr") == "10.0.0.7" for item in items)
+    assert [item.received_at for item in items] == [delivery.received_at for delivery in batch]

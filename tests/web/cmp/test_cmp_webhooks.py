@@ -539,7 +539,9 @@ def test_a_delivery_is_one_unit_of_work(
         "INSERT INTO consent_state",
     ]
     if db_session.get_bind().dialect.name == "postgresql":
-        assert statements == expected
+        # The source's check (the request thread prepared the delivery with the source as first read), the raw
+        # body and the look-up of earlier copies are one statement.
+        assert statements == ["WITH inserted AS", *expected[2:]]
     else:  # SQLite's driver inserts the ledger rows one at a time, and renders parameters as "?"
         assert [s.split()[0] for s in statements if not s.startswith("INSERT INTO consent_records")] == [
             e.split()[0] for e in expected if not e.startswith("INSERT INTO consent_records")
