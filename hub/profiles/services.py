@@ -326,9 +326,10 @@ def resolve_many(
     * A group whose items all resolve without writing (a returning person with nothing new, a suppressed
       person, unknown browser identifiers alone) is answered from the lookup; stale ``last_seen_at`` values are
       refreshed in one UPDATE at the end.
-    * A single new person (no identifier known, none shared in the batch) is created with the others in two
-      multi-row INSERTs, identities sorted by (kind, hash) and ON CONFLICT DO NOTHING, so no SAVEPOINT is
-      needed; whoever lost a race to a concurrent writer is undone and resolved with the rest.
+    * A single new person (no identifier known, none shared in the batch) is created with the others by one
+      statement on PostgreSQL (two multi-row INSERTs on SQLite), identities sorted by (kind, hash) and ON CONFLICT
+      DO NOTHING, so no SAVEPOINT is needed; whoever lost a race to a concurrent writer is undone and resolved with
+      the rest.
     * Every other group (merges, attachments, people repeated in the batch) is resolved item by item in input
       order inside one SAVEPOINT for the whole batch; if a concurrent writer interferes, that SAVEPOINT is rolled
       back and those items go through ``resolve_prepared`` one at a time.
@@ -599,36 +600,50 @@ def insert_ignoring_conflicts(session: Session, table: Any, index_elements: Sequ
 
 
 @functools.cache
-def _postgresql_profiles_insert() -> Any:
-    """``INSERT INTO profiles ... SELECT * FROM json_to_recordset(rows)``: one statement for the batch's new people
-    (an executemany would send one INSERT per row)."""
-    rows = json_recordset("new_profiles", (("id", String()), ("traits_encrypted", Text()), ("region", String())))
+def _postgresql_new_people_insert() -> Any:
+    """The batch's new profiles and their identities in one statement (one round trip for any number of people)::
+
+        WITH created_profiles AS (
+            INSERT INTO profiles (...) SELECT ... FROM json_to_recordset(:profiles) AS new_profiles(...)
+        )
+        INSERT INTO identities (...) SELECT ... FROM json_to_recordset(:identities) AS new_identities(...)
+        ON CONFLICT (kind, value_hash) DO NOTHING RETURNING kind, value_hash
+
+    One JSON document per table keeps the text the same for any batch, so the driver's parse cache and the server's
+    prepared statement serve it (a multi-row VALUES list of thousands of parameters made the driver re-parse a new
+    query text for every batch). json_to_recordset keeps the document's order and the identities are read without a
+    join, so they are still inserted sorted. PostgreSQL runs a data-modifying WITH to completion whether or not the
+    main statement reads it (the profiles are inserted when there is no identity), and checks the identities'
+    foreign key at the end of the statement, when the profiles are there. Both timestamps are the one ``now``
+    parameter rather than values in the documents (``hub.db.json_insert``), which would cost a Python call per
+    datetime in the otherwise C-encoded document."""
     now = bindparam("now", type_=UTCDateTime())
-    source = select(rows.c.id, rows.c.traits_encrypted, rows.c.region, now, now)
-    return insert(Profile.__table__).from_select(
-        ["id", "traits_encrypted", "region", "created_at", "updated_at"], source
+    profiles = json_recordset(
+        "new_profiles", (("id", String()), ("traits_encrypted", Text()), ("region", String())), parameter="profiles"
     )
-
-
-@functools.cache
-def _postgresql_identities_insert() -> Any:
-    """``INSERT INTO identities ... SELECT * FROM json_to_recordset(rows) ON CONFLICT DO NOTHING RETURNING kind,
-    value_hash``: one short statement whatever the row count. A multi-row VALUES list of thousands of parameters
-    made the driver re-parse a new query text for every batch (psycopg only caches short queries), which cost more
-    than PostgreSQL took to insert the rows. json_to_recordset keeps the document's order, so rows are still
-    inserted sorted."""
-    rows = json_recordset(
+    created_profiles = (
+        insert(Profile.__table__)
+        .from_select(
+            ["id", "traits_encrypted", "region", "created_at", "updated_at"],
+            select(profiles.c.id, profiles.c.traits_encrypted, profiles.c.region, now, now),
+        )
+        .cte("created_profiles")
+    )
+    identities = json_recordset(
         "new_identities",
         (("profile_id", String()), ("kind", String()), ("value_hash", String()), ("value_encrypted", Text())),
+        parameter="identities",
     )
-    now = bindparam("now", type_=UTCDateTime())
-    source = select(rows.c.profile_id, rows.c.kind, rows.c.value_hash, rows.c.value_encrypted, now, now)
+    source = select(
+        identities.c.profile_id, identities.c.kind, identities.c.value_hash, identities.c.value_encrypted, now, now
+    )
     columns = ["profile_id", "kind", "value_hash", "value_encrypted", "created_at", "last_seen_at"]
     return (
         postgresql_insert(Identity.__table__)
         .from_select(columns, source)
         .on_conflict_do_nothing(index_elements=["kind", "value_hash"])
         .returning(Identity.kind, Identity.value_hash)
+        .add_cte(created_profiles)
     )
 
 
@@ -703,7 +718,8 @@ def _create_new_people(
     policy: IdentityPolicy,
     now: datetime,
 ) -> list[Resolution | None]:
-    """Create one profile per item (whose identifiers nobody holds) with two multi-row INSERTs and no SAVEPOINT.
+    """Create one profile per item (whose identifiers nobody holds) without a SAVEPOINT: one statement on PostgreSQL
+    (``_postgresql_new_people_insert``), two multi-row INSERTs on SQLite.
 
     Identities are inserted sorted by (kind, hash) with ON CONFLICT DO NOTHING: concurrent batches then take the
     unique-index entries in one order and wait for each other rather than deadlock, and an identifier that a
@@ -721,22 +737,27 @@ def _create_new_people(
     # Core inserts on the tables: multi-row VALUES without the ORM's per-object bookkeeping.
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
+    inserted: set[tuple[str, str]] = set()
     if session.get_bind().dialect.name == "postgresql":
-        document = json_document([{key: row[key] for key in ("id", "traits_encrypted", "region")} for row in profiles])
-        session.execute(_postgresql_profiles_insert(), {"rows": document, "now": now})
+        params = {
+            "profiles": json_document(
+                [{key: row[key] for key in ("id", "traits_encrypted", "region")} for row in profiles]
+            ),
+            "identities": json_document(
+                [
+                    {key: row[key] for key in ("profile_id", "kind", "value_hash", "value_encrypted")}
+                    for row in identities
+                ]
+            ),
+            "now": now,
+        }
+        inserted = {(row.kind, row.value_hash) for row in session.execute(_postgresql_new_people_insert(), params)}
     else:
         session.execute(insert(Profile.__table__), profiles)
-    inserted: set[tuple[str, str]] = set()
-    if identities and session.get_bind().dialect.name == "postgresql":
-        document = json_document(
-            [{key: row[key] for key in ("profile_id", "kind", "value_hash", "value_encrypted")} for row in identities]
-        )
-        params = {"rows": document, "now": now}
-        inserted = {(row.kind, row.value_hash) for row in session.execute(_postgresql_identities_insert(), params)}
-    elif identities:
-        statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
-        rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
-        inserted = {(row.kind, row.value_hash) for row in rows}
+        if identities:
+            statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
+            rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
+            inserted = {(row.kind, row.value_hash) for row in rows}
     lost = {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
     _undo_new_people(session, lost)
     return [None if r.profile_id in lost else r for r in results]
