@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import bindparam, cast, insert, literal, null, select, true, union_all
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.cmp.adapters import ConsentSubmission
@@ -147,6 +148,11 @@ class GroupCommit(Generic[T, R]):
         self._started: dict[int, float] = {}  # when each running batch's leader took the lead, by its job
         self.batches = 0  # batches run, and the items they held (read by benchmarks; no lock needed for that)
         self.items = 0
+
+    @property
+    def waiting(self) -> bool:
+        """Whether items are queued for a next batch (a leader is about to take them)."""
+        return bool(self._queue)
 
     def submit(self, item: T) -> R | None:
         job: _Job[T, R] = _Job(item)
@@ -289,18 +295,46 @@ class DeliveryBatcher:
     def __init__(self, extensions: Mapping[str, Any]) -> None:
         self._extensions = extensions
         self.sources: dict[str, SourceConfig] = {}  # by name, as last read (see ``prepare``)
+        # The connection of a batch that had a successor waiting, for that successor: back-to-back batches skip
+        # the pool's check-out and its liveness ping. Kept only while a batch is about to take it, so nothing holds
+        # a connection while webhooks are quiet.
+        self._spare: list[Connection] = []
 
         def work(items: Sequence[_Item]) -> list[Answer | None]:
             extensions["hub.metrics"].webhook_batches.observe(len(items))
-            return process_items(
-                extensions["hub.sessionmaker"],
-                extensions["hub.encryptor"],
-                extensions["hub.settings"],
-                items,
-                self.sources,
-            )
+            sessions = extensions["hub.sessionmaker"]
+            engine = sessions.kw.get("bind")
+            if not isinstance(engine, Engine):  # sessions on one given connection: nothing to check out or keep
+                return process_items(
+                    sessions, extensions["hub.encryptor"], extensions["hub.settings"], items, self.sources
+                )
+            connection = self._connection(engine)
+            try:
+                return process_items(
+                    functools.partial(sessions, bind=connection),
+                    extensions["hub.encryptor"],
+                    extensions["hub.settings"],
+                    items,
+                    self.sources,
+                )
+            finally:
+                if (
+                    self.commit.waiting
+                    and not self._spare
+                    and not connection.invalidated
+                    and not connection.in_transaction()
+                ):
+                    self._spare.append(connection)
+                else:
+                    connection.close()
 
         self.commit: GroupCommit[_Item, Answer] = GroupCommit(work)
+
+    def _connection(self, engine: Engine) -> Connection:
+        try:
+            return self._spare.pop()
+        except IndexError:
+            return engine.connect()
 
     def submit(self, delivery: Delivery) -> Answer | None:
         """The delivery's answer once its batch is committed (or a refusal); None: its request thread processes
@@ -361,7 +395,7 @@ def process_batch(
 
 
 def process_items(
-    sessions: sessionmaker[Session],
+    sessions: Callable[[], Session],
     encryptor: FieldEncryptor,
     settings: Settings,
     items: Sequence[_Item],

@@ -7,8 +7,9 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from hub.cmp.auth import sign_hmac
 from hub.cmp.batch import Answer, Delivery, process_batch
@@ -20,6 +21,7 @@ from hub.consent.services import verify_projection
 from hub.db import make_sessionmaker, utcnow
 from hub.encryption import FieldEncryptor
 from hub.profiles.models import Profile
+from tests.conftest import make_settings
 from tests.support.databases import TestDatabase
 
 SECRET = "race-secret-race-secret-race-secret"
@@ -104,3 +106,56 @@ def test_racing_batches_record_each_decision_once(fresh_database: TestDatabase, 
         assert roots == len(people)
         assert set(session.scalars(select(CmpInboxItem.status))) <= {"processed", "duplicate"}
         assert verify_projection(session) == []
+
+
+def test_back_to_back_batches_share_a_connection_and_quiet_holds_none(
+    fresh_database: TestDatabase, tmp_path: Path, encryption_key: str
+) -> None:
+    from hub.app import create_app
+
+    app = create_app(make_settings(tmp_path, fresh_database.url, encryption_key))
+    batcher = app.extensions["hub.cmp_batcher"]
+    engine = app.extensions["hub.engine"]
+    encryptor = app.extensions["hub.encryptor"]
+    with app.extensions["hub.sessionmaker"]() as session:
+        create_source(
+            session, encryptor, name="race", adapter="generic", authenticator="hmac", secret=SECRET, now=utcnow()
+        )
+        session.commit()
+
+    def submit(event: str) -> str | None:
+        answer = batcher.submit(delivery(event, f"{event}@example.com", 0, "granted"))
+        return None if answer is None else answer.result
+
+    try:
+        assert submit("first") == "processed"  # the source is read and kept
+        checkouts: list[object] = []
+
+        def checkout(*_args: object) -> None:
+            checkouts.append(1)
+
+        event.listen(engine.pool, "checkout", checkout)
+        batches_before = batcher.commit.batches
+        answers: list[str | None] = []
+        start = threading.Barrier(8)
+
+        def sender(worker: int) -> None:
+            start.wait()
+            answers.extend(submit(f"w{worker}-{n}") for n in range(15))
+
+        threads = [threading.Thread(target=sender, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        event.remove(engine.pool, "checkout", checkout)
+        batches = batcher.commit.batches - batches_before
+        assert answers == ["processed"] * 120
+        # A batch with a successor waiting hands its connection on: fewer check-outs than batches.
+        assert len(checkouts) < batches, (len(checkouts), batches)
+
+        # A lone delivery's batch has nobody waiting: no connection stays checked out.
+        assert submit("last") == "processed"
+        assert engine.pool.checkedout() == 0
+    finally:
+        engine.dispose()
