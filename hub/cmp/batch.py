@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import bindparam, cast, insert, literal, null, select, true, union_all
+from sqlalchemy import any_, bindparam, cast, insert, literal, null, select, true, union_all
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +48,7 @@ from hub.cmp.services import (
     WebhookAuthError,
     authenticate,
     consent_decision,
+    earliest_copy,
     handled,
     inbox_row,
     load_source,
@@ -57,7 +59,7 @@ from hub.cmp.services import (
 )
 from hub.config import Settings
 from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
-from hub.db import json_document, json_insert, unprepared
+from hub.db import json_document, json_insert, json_recordset, unprepared
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
@@ -575,13 +577,21 @@ _INBOX_COLUMNS = (
 )
 
 
+def _array(name: str, column: Any) -> Any:
+    """A bound list of ``column``'s values, sent as one PostgreSQL array."""
+    return bindparam(name, type_=postgresql.ARRAY(column.type))
+
+
 @functools.cache
 def _postgresql_store_statement() -> Any:
     """One PostgreSQL statement for a batch's inbox: insert its rows (one JSON document), and read the enabled
-    sources it names and the earlier copies of its deliveries (processed or repeat, by body or CMP event id; each
-    branch probes its own index). The reads see the database as it was before the insert. The result has
-    columns ``kind`` ("new", "earlier" or "source"), the inbox columns and the source columns, NULL where they do
-    not apply."""
+    sources it names and the earlier copies of its deliveries (processed or repeat, by body or CMP event id). The
+    reads see the database as it was before the insert. The result has columns ``kind`` ("new", "earlier" or
+    "source"), the inbox columns and the source columns, NULL where they do not apply.
+
+    The text is the same for every batch, so the statement stays prepared. Each delivery's earlier copies are
+    looked up as one delivery's are (``earliest_copy``: the earliest by id, one probe of the key's index), a plan
+    that holds whatever the inbox held when it was made (tests/db/cmp/test_cmp_inbox_query_plans.py)."""
     new_rows = (
         json_insert(_INBOX, _INBOX_COLUMNS, name="new_inbox")
         .returning(_INBOX.c.id, _INBOX.c.body_sha256, _INBOX.c.received_at)
@@ -591,10 +601,23 @@ def _postgresql_store_statement() -> Any:
     def absent(column: Any) -> Any:
         return cast(null(), column.type).label(column.name)
 
+    def earlier_by(key: str) -> Any:
+        # One row per delivery: the earliest earlier copy with its ``key`` (NULL id: none), and that key.
+        wanted = json_recordset(
+            f"wanted_by_{key}", [("source_id", _INBOX.c.source_id.type), (key, _INBOX.c[key].type)], "rows"
+        )
+        copy = earliest_copy(wanted.c.source_id, key, wanted.c[key]).scalar_subquery()
+        keys = [wanted.c[name] if name == key else absent(_INBOX.c[name]) for name in ("body_sha256", "event_key")]
+        return select(
+            literal("earlier"),
+            copy,
+            wanted.c.source_id,
+            *keys,
+            absent(_INBOX.c.received_at),
+            *map(absent, source_columns),
+        )
+
     source_columns = [column for column in SOURCE_COLUMNS if column.name not in ("id",)]
-    inbox = (_INBOX.c.id, _INBOX.c.source_id, _INBOX.c.body_sha256, _INBOX.c.event_key, _INBOX.c.received_at)
-    sources = _INBOX.c.source_id.in_(bindparam("source_ids", expanding=True))
-    earlier = handled(_INBOX)
     return union_all(
         select(
             literal("new").label("kind"),
@@ -605,12 +628,8 @@ def _postgresql_store_statement() -> Any:
             new_rows.c.received_at,
             *map(absent, source_columns),
         ),
-        select(literal("earlier"), *inbox, *map(absent, source_columns)).where(
-            sources, _INBOX.c.body_sha256.in_(bindparam("bodies", expanding=True)), earlier
-        ),
-        select(literal("earlier"), *inbox, *map(absent, source_columns)).where(
-            sources, _INBOX.c.event_key.in_(bindparam("event_keys", expanding=True)), earlier
-        ),
+        earlier_by("body_sha256"),
+        earlier_by("event_key"),
         select(
             literal("source"),
             _SOURCES.c.id,
@@ -619,7 +638,7 @@ def _postgresql_store_statement() -> Any:
             absent(_INBOX.c.event_key),
             absent(_INBOX.c.received_at),
             *source_columns,
-        ).where(_SOURCES.c.name.in_(bindparam("names", expanding=True)), _SOURCES.c.enabled == true()),
+        ).where(_SOURCES.c.name == any_(_array("names", _SOURCES.c.name)), _SOURCES.c.enabled == true()),
     )
 
 
@@ -633,12 +652,8 @@ def _store_postgresql(
     parameters = {
         "rows": document,
         "names": sorted({item.source.name for item in items}),
-        "source_ids": sorted({item.source.id for item in items}),
-        "bodies": sorted({item.parsed.body_sha256 for item in items}),
-        "event_keys": sorted({key for item in items if (key := item.parsed.event_key) is not None}),
     }
-    with unprepared(session):  # its lists' lengths vary with the batch
-        found = session.execute(_postgresql_store_statement(), parameters).all()
+    found = session.execute(_postgresql_store_statement(), parameters).all()
     current: dict[str, SourceConfig | None] = dict.fromkeys(parameters["names"])
     new_rows = []
     earlier = []
@@ -646,7 +661,8 @@ def _store_postgresql(
         if row.kind == "new":
             new_rows.append(row)
         elif row.kind == "earlier":
-            earlier.append(row)
+            if row.id is not None:
+                earlier.append(row)
         else:
             current[row.name] = source_config(encryptor, row)
     # The rows are inserted in the document's order, so their ids ascend in it; checked, since the statement's

@@ -260,17 +260,15 @@ def handled(inbox: Any) -> Any:
     return (inbox.c.status == "processed") | (inbox.c.status == "duplicate")
 
 
-def earliest_copy(source_id: Any, key: str, value: Any, excluding: Any) -> Select[Any]:
+def earliest_copy(source_id: Any, key: str, value: Any, excluding: Any = None) -> Select[Any]:
     """The earliest delivery of a source, other than ``excluding``, whose ``key`` (``body_sha256`` or
     ``event_key``) is ``value`` and that was processed or was a repeat. One probe of that key's index
     ((source_id, body_sha256, id) or (source_id, event_key, id)); values, bound parameters or columns."""
     earlier = CmpInboxItem.__table__.alias(f"earlier_by_{key}")
-    return (
-        select(earlier.c.id)
-        .where(earlier.c.source_id == source_id, earlier.c[key] == value, handled(earlier), earlier.c.id != excluding)
-        .order_by(earlier.c.id)
-        .limit(1)
-    )
+    conditions = [earlier.c.source_id == source_id, earlier.c[key] == value, handled(earlier)]
+    if excluding is not None:
+        conditions.append(earlier.c.id != excluding)
+    return select(earlier.c.id).where(*conditions).order_by(earlier.c.id).limit(1)
 
 
 def _inbox_insert_statement(*, by_event_key: bool) -> Any:

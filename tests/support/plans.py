@@ -38,6 +38,8 @@ def _literal(value: Any) -> str:
         return "NULL"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, list | tuple):  # an array parameter (``= ANY``); the statement casts it to its type
+        return f"ARRAY[{', '.join(_literal(item) for item in value)}]" if value else "'{}'"
     if isinstance(value, bytes):
         return "'\\x" + value.hex() + "'"
     return "'" + str(value).replace("'", "''") + "'"

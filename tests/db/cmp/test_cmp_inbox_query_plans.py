@@ -80,13 +80,13 @@ def test_earlier_copies_are_probed_by_key(postgresql_session: Session, mode: str
         assert key in condition, text
 
 
-def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session) -> None:
-    # The batch's statement (its inbox rows, its sources, earlier copies of its deliveries) takes lists, one
-    # entry per delivery, and is sent unprepared (hub.db.unprepared), so it is planned for its values: each
-    # look-up must probe its index, not walk the source's deliveries.
+@pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
+def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session, mode: str) -> None:
+    # The batch's statement (its inbox rows, its sources, earlier copies of its deliveries) takes its lists as
+    # arrays and stays prepared: the plan a connection keeps, made on an empty inbox, must still probe each index
+    # by its key once the inbox has filled, not walk the source's deliveries.
     session = postgresql_session
     source_id = add_source(session)
-    fill_inbox(session, source_id)
     row = {
         "source_id": source_id,
         "received_at": NOW,
@@ -98,23 +98,19 @@ def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session) -> 
         "error": None,
         "processed_at": NOW,
     }
-    values = {
-        "rows": json_document([row]),
-        "names": ["plans"],
-        "source_ids": [source_id],
-        "bodies": [f"{n:064x}" for n in (5, 50, 500, 5000)],
-        "event_keys": [f"evt-{n}" for n in (7, 70, 700)],
-    }
-    # Values written into the statement: planned for them, as an unprepared statement is.
-    sql = (
-        _postgresql_store_statement()
-        .params(**values)
-        .compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True})
-    )
-    text = "\n".join(row[0] for row in session.connection().exec_driver_sql(f"EXPLAIN {sql}"))
+    # Four deliveries: copies of stored ones by body, by CMP event id, and new ones.
+    keys = [(f"{n:064x}", f"evt-new-{n}") for n in (5, 50)] + [(f"{n:064x}", f"evt-{n}") for n in (ROWS + 5, 7)]
+    rows = [{**row, "body_sha256": body, "event_key": event} for body, event in keys]
+    values = {"rows": json_document(rows), "names": ["plans"]}
+    prepared = PreparedPlan(session, _postgresql_store_statement(), values, mode)
+    prepared.explain()  # the first run, on an empty inbox
+    fill_inbox(session, source_id)
+    text = prepared.explain()
     assert "Seq Scan on cmp_inbox" not in text, text
-    assert "ix_cmp_inbox_source_body" in text, text
-    assert "ix_cmp_inbox_source_event_key" in text, text
+    for index, key in (("ix_cmp_inbox_source_body", "body_sha256"), ("ix_cmp_inbox_source_event_key", "event_key")):
+        assert index in text, text
+        condition = text.split(index, 1)[1].split("Index Cond:", 1)[1].split("\n", 1)[0]
+        assert key in condition, text
 
 
 def test_unprepared_restores_the_connection_setting(postgresql_session: Session) -> None:
