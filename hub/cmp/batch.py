@@ -3,20 +3,25 @@
 A CMP is answered 2xx only once the delivery's raw body and its consent records are committed (``hub.cmp.views``).
 Done one delivery per transaction, every webhook pays for its own connection check-out, source look-up, half a
 dozen statements and a commit, and that per-request cost, not the work, bounds how many webhooks a process
-takes. Here the request threads of one process hand their deliveries to whichever of them is not waiting for an
-answer (the *leader*); it processes everything queued as one batch — one source look-up per source, one inbox
-INSERT, one identity resolution (``resolve_many``), one consent write (``record_consent_many``) — commits once and
-answers every delivery of the batch. While it works, new deliveries queue for the next batch, so batches grow with
-the load and a lone delivery is processed at once (a batch of one).
+takes. Here each request thread first prepares its own delivery (``prepare``: authentication against the source
+as the process last read it, parsing, identifiers, the encrypted inbox row), then hands it to whichever thread
+is not waiting for an answer (the *leader*). The leader processes everything queued as one batch — the batch's
+sources checked as they are now, its inbox rows and the look-up of earlier copies (one statement on PostgreSQL),
+one identity resolution (``resolve_many``), one consent write (``record_consent_many``) — commits once and
+answers every delivery of the batch. While it works, new deliveries queue for the next batch, so batches grow
+with the load and a lone delivery is processed at once (a batch of one); a batch with a successor waiting hands
+it its database connection.
 
 The guarantee is unchanged: a delivery is answered only after its batch is committed, with the same answer the
-one-by-one path gives (``tests/web/cmp/test_cmp_batch.py`` compares the two). The batch takes the common case: a
-delivery that authenticates, parses and names a person by hub identifiers. Anything else — a body that cannot be
-processed as sent, CMP user ids to link — is answered ``None`` and its request thread processes it one by one. A
-batch whose outcome would depend on the order of its deliveries (a subject that merges profiles) or that holds a
-decision ``record_consent`` would refuse (a subject the resolution cannot settle, a person merged or erased under
-it, an unknown purpose) is rolled back and goes one by one as a whole; so does a batch that fails (a conflict with
-a concurrent writer, a database error).
+one-by-one path gives (``tests/web/cmp/test_cmp_batch.py`` compares the two), and a source's configuration as it
+is in the batch's transaction governs it (a delivery prepared with an older reading goes one by one, and so does
+one the older reading refuses). The batch takes the common case: a delivery that authenticates, parses and names
+a person by hub identifiers. Anything else — a body that cannot be processed as sent, CMP user ids to link — is
+answered ``None`` and its request thread processes it one by one. Deliveries whose outcome would depend on the
+order of the batch (a subject that merges profiles) or that ``record_consent`` would refuse (a subject the
+resolution cannot settle, a person merged or erased under it, an unknown purpose) make the batch roll back and
+run again without them; they go one by one after it. A batch that fails otherwise (a conflict with a concurrent
+writer, a database error) goes one by one as a whole.
 """
 
 from __future__ import annotations
