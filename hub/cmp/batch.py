@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.cmp.adapters import ConsentSubmission
 from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.cmp.services import (
+    INBOX_COLUMNS,
     KEPT_HEADERS,
     SOURCE_COLUMNS,
     Delivery,
@@ -64,7 +65,7 @@ from hub.cmp.services import (
 )
 from hub.config import Settings
 from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
-from hub.db import json_document, json_insert, json_recordset, unprepared
+from hub.db import json_document, json_insert, json_recordset
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
@@ -227,15 +228,16 @@ def admit(session: Session, encryptor: FieldEncryptor, delivery: Delivery) -> tu
     return source, _authenticated(source, delivery)
 
 
+def _authenticate(source: SourceConfig, delivery: Delivery) -> None:
+    """``authenticate`` with what the delivery's request carried; raises ``WebhookAuthError``."""
+    authenticate(
+        source, headers=delivery.headers, body=delivery.body, remote_addr=delivery.remote_addr, now=delivery.received_at
+    )
+
+
 def _authenticated(source: SourceConfig, delivery: Delivery) -> Answer | None:
     try:
-        authenticate(
-            source,
-            headers=delivery.headers,
-            body=delivery.body,
-            remote_addr=delivery.remote_addr,
-            now=delivery.received_at,
-        )
+        _authenticate(source, delivery)
     except WebhookAuthError as error:
         log.warning("CMP webhook for %s refused: %s", source.name, error.reason)
         if error.status == 403:
@@ -250,13 +252,7 @@ def _accepted(source: SourceConfig, delivery: Delivery) -> bool:
     """Whether ``source`` admits the delivery (address, credentials); quietly: a refusal on a kept reading of the
     source is not final (``prepare``)."""
     try:
-        authenticate(
-            source,
-            headers=delivery.headers,
-            body=delivery.body,
-            remote_addr=delivery.remote_addr,
-            now=delivery.received_at,
-        )
+        _authenticate(source, delivery)
     except WebhookAuthError:
         return False
     return True
@@ -311,29 +307,19 @@ class DeliveryBatcher:
             extensions["hub.metrics"].webhook_batches.observe(len(items))
             sessions = extensions["hub.sessionmaker"]
             engine = sessions.kw.get("bind")
-            if not isinstance(engine, Engine):  # sessions on one given connection: nothing to check out or keep
-                return process_items(
-                    sessions, extensions["hub.encryptor"], extensions["hub.settings"], items, self.sources
-                )
-            connection = self._connection(engine)
+            # Sessions on one given connection (not an engine's pool) have nothing to check out or keep.
+            connection = self._connection(engine) if isinstance(engine, Engine) else None
             try:
                 return process_items(
-                    functools.partial(sessions, bind=connection),
+                    sessions if connection is None else functools.partial(sessions, bind=connection),
                     extensions["hub.encryptor"],
                     extensions["hub.settings"],
                     items,
                     self.sources,
                 )
             finally:
-                if (
-                    self.commit.waiting
-                    and not self._spare
-                    and not connection.invalidated
-                    and not connection.in_transaction()
-                ):
-                    self._spare.append(connection)
-                else:
-                    connection.close()
+                if connection is not None:
+                    self._release(connection)
 
         self.commit: GroupCommit[_Item, Answer] = GroupCommit(work)
 
@@ -342,6 +328,14 @@ class DeliveryBatcher:
             return self._spare.pop()
         except IndexError:
             return engine.connect()
+
+    def _release(self, connection: Connection) -> None:
+        # Kept for the batch about to start (one connection at most), if it is still usable; else returned.
+        waiting = self.commit.waiting and not self._spare
+        if waiting and not connection.invalidated and not connection.in_transaction():
+            self._spare.append(connection)
+        else:
+            connection.close()
 
     def submit(self, delivery: Delivery) -> Answer | None:
         """The delivery's answer once its batch is committed (or a refusal); None: its request thread processes
@@ -569,19 +563,6 @@ def _earlier_copies_statement() -> Any:
 _EARLIER_COPIES = _earlier_copies_statement()
 
 
-_INBOX_COLUMNS = (
-    "source_id",
-    "received_at",
-    "body",
-    "body_sha256",
-    "event_key",
-    "headers",
-    "status",
-    "error",
-    "processed_at",
-)
-
-
 def _array(name: str, column: Any) -> Any:
     """A bound list of ``column``'s values, sent as one PostgreSQL array."""
     return bindparam(name, type_=postgresql.ARRAY(column.type))
@@ -598,7 +579,7 @@ def _postgresql_store_statement() -> Any:
     looked up as one delivery's are (``earliest_copy``: the earliest by id, one probe of the key's index), a plan
     that holds whatever the inbox held when it was made (tests/db/cmp/test_cmp_inbox_query_plans.py)."""
     new_rows = (
-        json_insert(_INBOX, _INBOX_COLUMNS, name="new_inbox")
+        json_insert(_INBOX, INBOX_COLUMNS, name="new_inbox")
         .returning(_INBOX.c.id, _INBOX.c.body_sha256, _INBOX.c.received_at)
         .cte("inserted")
     )
@@ -709,7 +690,7 @@ def _copies(taken: Mapping[int, _Item], found: Iterable[Any], ids: Sequence[int]
 def _store(session: Session, taken: Mapping[int, _Item]) -> tuple[dict[int, int], dict[int, int | None]]:
     """Insert the batch's inbox rows (``processed``; repeats are marked afterwards); by delivery index, their ids
     and the earliest earlier delivery with the same body or CMP event id (stored before the batch, or earlier in
-    it) — what ``store_delivery`` finds for one delivery."""
+    it) — what ``store_delivery`` finds for one delivery. SQLite's path; PostgreSQL's is ``_store_postgresql``."""
     if len(taken) == 1:
         # A lone delivery: its row and the look-up of earlier copies in one statement.
         [(index, item)] = taken.items()
@@ -721,8 +702,7 @@ def _store(session: Session, taken: Mapping[int, _Item]) -> tuple[dict[int, int]
         "bodies": sorted({item.parsed.body_sha256 for item in items}),
         "event_keys": sorted({key for item in items if (key := item.parsed.event_key) is not None}),
     }
-    with unprepared(session):  # its lists' lengths vary with the batch
-        found = session.execute(_EARLIER_COPIES, parameters).all()
+    found = session.execute(_EARLIER_COPIES, parameters).all()
     ids = session.execute(_INSERT_INBOX_ROWS, [item.row for item in items]).scalars().all()
     return dict(zip(taken, ids, strict=True)), _copies(taken, found, ids)
 

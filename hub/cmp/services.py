@@ -271,6 +271,20 @@ def earliest_copy(source_id: Any, key: str, value: Any, excluding: Any = None) -
     return select(earlier.c.id).where(*conditions).order_by(earlier.c.id).limit(1)
 
 
+# The columns of a new inbox row, as ``inbox_row`` builds it.
+INBOX_COLUMNS = (
+    "source_id",
+    "received_at",
+    "body",
+    "body_sha256",
+    "event_key",
+    "headers",
+    "status",
+    "error",
+    "processed_at",
+)
+
+
 def _inbox_insert_statement(*, by_event_key: bool) -> Any:
     """INSERT of an inbox row returning its id and the earliest earlier delivery of the same source with the same
     body, and the earliest with the same CMP event id, that was processed or was a repeat. Built once (parameters
@@ -294,20 +308,9 @@ def _inbox_insert_statement(*, by_event_key: bool) -> Any:
     returning = [table.c.id, earliest(table.c.body_sha256, "earlier_body_sha256").label("same_body")]
     if by_event_key:
         returning.append(earliest(table.c.event_key, "earlier_event_key").label("same_event"))
-    columns = (
-        "source_id",
-        "received_at",
-        "body",
-        "body_sha256",
-        "event_key",
-        "headers",
-        "status",
-        "error",
-        "processed_at",
-    )
     return (
         insert(table)
-        .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in columns})
+        .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in INBOX_COLUMNS})
         .returning(*returning)
     )
 

@@ -734,7 +734,7 @@ def _create_new_people(
         profiles.append(person.profile)
         identities.extend(person.identities)
         results.append(person.resolution)
-    # Core inserts on the tables: multi-row VALUES without the ORM's per-object bookkeeping.
+    # Core inserts on the tables, without the ORM's per-object bookkeeping.
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
     inserted: set[tuple[str, str]] = set()
