@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -175,27 +177,6 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-@contextmanager
-def unprepared(session: Session) -> Iterator[None]:
-    """Statements run in the block are sent unprepared on PostgreSQL, so each is planned for its values.
-
-    For statements whose text varies with the length of a list (an expanding IN): psycopg would prepare each
-    length after a few runs, and PostgreSQL then keeps, per connection, a generic plan made while the tables were
-    small (and, without statistics, for good), such as a scan of a whole table where an index probe is meant.
-    Planning costs far less than one such scan. The setting belongs to the session's connection and is restored
-    when the block ends, while the connection is still the session's (the block must not commit)."""
-    if session.get_bind().dialect.name != "postgresql":
-        yield
-        return
-    driver = session.connection().connection.driver_connection
-    threshold = driver.prepare_threshold
-    driver.prepare_threshold = None
-    try:
-        yield
-    finally:
-        driver.prepare_threshold = threshold
-
-
 def json_recordset(name: str, columns: Sequence[tuple[str, Any]], parameter: str = "rows") -> Any:
     """PostgreSQL's ``json_to_recordset(:parameter) AS name(column type, ...)``: a batch's rows as one JSON
     document (see ``json_document``), read back in the document's order. The statement text is the same for any
@@ -227,3 +208,111 @@ def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
     """The parameter of a ``json_recordset``: UTF-8 text as sent (``\\u`` escapes would only read back where the
     server's encoding is UTF-8), datetimes as ISO 8601."""
     return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PostgreSQL: statements sent together
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One statement of ``pipelined``: a Core statement, its parameters, and whether the driver may prepare it.
+
+    ``prepared=False`` is for statements whose text varies with the length of a list (an expanding IN): psycopg
+    would prepare each length after a few runs, and PostgreSQL then keeps, per connection, a generic plan made
+    while the tables were small (and, without statistics, for good), such as a scan of a whole table where an
+    index probe is meant. Planning each time costs far less than one such scan."""
+
+    statement: Any
+    parameters: Mapping[str, Any]
+    prepared: bool = True
+
+
+@dataclass
+class _DriverStatement:
+    compiled: Any
+    binds: dict[str, Callable[[Any], Any]]  # by parameter name, the column types' bind processing
+    processors: tuple[Callable[[Any], Any] | None, ...]  # by result column
+    row: Any = None  # the row class, made from the first result's column names
+
+
+_DRIVER_STATEMENTS: dict[tuple[int, tuple[str, ...]], tuple[Any, _DriverStatement]] = {}
+
+
+def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _DriverStatement:
+    # Keyed by identity (the statements given are module-level constants, and SQL expressions compare with ``==``
+    # into more SQL) and by the parameters' names, which decide the columns of an INSERT; the statement is kept
+    # so its id is never reused.
+    key = (id(statement), names)
+    found = _DRIVER_STATEMENTS.get(key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    compiled = statement.compile(dialect=dialect, column_keys=list(names))
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        # Column defaults computed in Python are the session's work; here every value must be given.
+        raise ValueError(f"pipelined statements take every column's value: {statement}")
+    binds = {name: bind.type.dialect_impl(dialect).bind_processor(dialect) for name, bind in compiled.binds.items()}
+    columns = getattr(statement, "exported_columns", ())
+    prepared = _DriverStatement(
+        compiled=compiled,
+        binds={name: process for name, process in binds.items() if process is not None},
+        processors=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns),
+    )
+    _DRIVER_STATEMENTS[key] = (statement, prepared)
+    return prepared
+
+
+def _rows(prepared: _DriverStatement, cursor: Any) -> list[Any]:
+    if cursor.description is None:
+        return []
+    if prepared.row is None:
+        prepared.row = namedtuple("Row", [column.name for column in cursor.description], rename=True)  # type: ignore[misc]
+    row, processors = prepared.row, prepared.processors
+    if not any(processors):
+        return [row._make(values) for values in cursor.fetchall()]
+    return [
+        row._make(
+            value if process is None else process(value) for process, value in zip(processors, values, strict=True)
+        )
+        for values in cursor.fetchall()
+    ]
+
+
+def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) -> list[list[Any]]:
+    """PostgreSQL only: run ``calls`` in the session's transaction in one round trip, in order (libpq's pipeline
+    mode), and commit after them when ``commit`` is set; each call's rows (named tuples, with the column types'
+    result processing), in the calls' order.
+
+    A transaction's BEGIN goes with its first statement, and a commit with its last writes: where every round trip
+    waits for the server and then for this process's threads, they are what a short transaction's time goes to.
+    Statements wait for those before them on the server as they would one by one (a read after a lock sees what
+    the lock waited for). An error stops the rest and is raised; the caller rolls back, as for any failed
+    statement. After ``commit`` the session's own commit sends nothing (the driver skips COMMIT outside a
+    transaction); nothing may be pending in the session's unit of work then, and the session must have begun the
+    transaction (inside a SAVEPOINT nothing is committed here: the session's commit releases it)."""
+    if commit and (session.new or session.dirty or session.deleted):
+        raise RuntimeError("pipelined(commit=True) with objects pending in the session")
+    connection = session.connection()
+    dialect = connection.dialect
+    driver = connection.connection.driver_connection
+    sent = []
+    with driver.pipeline():
+        for call in calls:
+            prepared = _driver_statement(call.statement, dialect, tuple(sorted(call.parameters)))
+            state = prepared.compiled.construct_expanded_state(dict(call.parameters))
+            process = {**prepared.binds, **state.processors}  # the latter: an expanded list's items
+            parameters = {
+                name: (process[name](value) if name in process else value) for name, value in state.parameters.items()
+            }
+            cursor = driver.cursor()
+            if connection.dispatch.before_cursor_execute:  # statement logging and tests see these too
+                connection.dispatch.before_cursor_execute(connection, cursor, state.statement, parameters, None, False)
+            cursor.execute(state.statement, parameters, prepare=None if call.prepared else False)
+            sent.append((prepared, cursor))
+        if commit and not connection.in_nested_transaction():
+            driver.commit()
+    results = [_rows(prepared, cursor) for prepared, cursor in sent]
+    for _prepared, cursor in sent:
+        cursor.close()
+    return results

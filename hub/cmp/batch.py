@@ -65,7 +65,7 @@ from hub.cmp.services import (
 )
 from hub.config import Settings
 from hub.consent.services import BatchNotApplicable, ConsentDecision, record_consent_many
-from hub.db import json_document, json_insert, json_recordset
+from hub.db import Call, json_document, json_insert, json_recordset, pipelined
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
 from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
@@ -409,7 +409,10 @@ def process_items(
     for _attempt in range(BATCH_ATTEMPTS):
         session = sessions()
         try:
-            answers = _process(session, encryptor, settings, items, excluded, sources)
+            deferred: list[Call] = []
+            answers = _process(session, encryptor, settings, items, excluded, sources, deferred)
+            if deferred:
+                pipelined(session, deferred, commit=True)  # the last writes and the commit in one round trip
             session.commit()
             return answers
         except _OneByOne as error:
@@ -446,7 +449,9 @@ def _process(
     items: Sequence[_Item],
     excluded: Collection[int],
     sources: dict[str, SourceConfig],
+    deferred: list[Call],
 ) -> list[Answer | None]:
+    """The batch's answers; on PostgreSQL its last writes are left in ``deferred`` for the commit to send."""
     answers: list[Answer | None] = [None] * len(items)
     taken = {index: item for index, item in enumerate(items) if index not in excluded}
     if not taken:
@@ -503,7 +508,7 @@ def _process(
         )
         decided.append(index)
     try:
-        written = record_consent_many(session, decisions, now=now)
+        written = record_consent_many(session, decisions, now=now, deferred=deferred)
     except BatchNotApplicable as error:
         raise _OneByOne(str(error), (decided[i] for i in error.decisions)) from None
     recorded = dict(zip(decided, written, strict=True))
@@ -639,7 +644,8 @@ def _store_postgresql(
         "rows": document,
         "names": sorted({item.source.name for item in items}),
     }
-    found = session.execute(_postgresql_store_statement(), parameters).all()
+    # The transaction's BEGIN goes with it (one round trip).
+    [found] = pipelined(session, [Call(_postgresql_store_statement(), parameters)])
     current: dict[str, SourceConfig | None] = dict.fromkeys(parameters["names"])
     new_rows = []
     earlier = []

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from hub.consent.ledger import fact_from_record, load_ledger
 from hub.consent.models import ConsentRecord, ConsentState, Purpose
 from hub.consent.policy import DENIED, STATUSES, ConsentFact, ConsentLedger, merge_denials
-from hub.db import json_document, json_insert, unprepared
+from hub.db import Call, json_document, json_insert, pipelined
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -550,11 +550,14 @@ def _acceptable(session: Session, decision: ConsentDecision, now: datetime) -> b
 
 
 def record_consent_many(
-    session: Session, decisions: Sequence[ConsentDecision], *, now: datetime
+    session: Session, decisions: Sequence[ConsentDecision], *, now: datetime, deferred: list[Call] | None = None
 ) -> list[list[RecordedConsent]]:
     """What ``record_consent`` returns for each decision called in order, in four statements whatever the batch
     size: lock the roots (and count the purposes in the catalogue), read their projection and what their
-    clusters hold for the batch's events, append the ledger rows, upsert the projection.
+    clusters hold for the batch's events, append the ledger rows, upsert the projection. On PostgreSQL the lock
+    and the read go in one round trip (``hub.db.pipelined``; the read still starts once the lock is held), and
+    with ``deferred`` given the projection's upsert is appended to it instead of sent, for the caller to send with
+    its commit.
 
     Raises ``BatchNotApplicable`` (nothing written) naming every decision ``record_consent`` would refuse or
     would follow to another profile; the caller records those one by one.
@@ -566,7 +569,22 @@ def record_consent_many(
         raise BatchNotApplicable("decisions are invalid", invalid)
     roots = sorted({decision.profile_id for decision in decisions})
     names = sorted({purpose for decision in decisions for purpose in decision.purposes})
-    with unprepared(session):  # the lists' lengths vary with the batch
+    parameters = {
+        "roots": roots,
+        "sources": sorted({decision.source for decision in decisions}),
+        "event_ids": sorted({decision.source_event_id for decision in decisions}),
+    }
+    found: Sequence[Any] | None = None
+    if session.get_bind().dialect.name == "postgresql":
+        # Unprepared: the lists' lengths vary with the batch (``hub.db.Call``).
+        locked, found = pipelined(
+            session,
+            [
+                Call(_LOCK_ROOTS, {"roots": roots, "names": names}, prepared=False),
+                Call(_MANY_SEEN_AND_STATE, parameters, prepared=False),
+            ],
+        )
+    else:
         locked = session.execute(_LOCK_ROOTS, {"roots": roots, "names": names}).all()
     usable = {row.id for row in locked if row.merged_into_id is None and row.erased_at is None}
     catalogue = purpose_names(session) if locked and locked[0].known != len(names) else frozenset(names)
@@ -578,14 +596,9 @@ def record_consent_many(
     if refused:
         raise BatchNotApplicable("people merged, erased or removed since resolution, or purposes unknown", refused)
 
-    parameters = {
-        "roots": roots,
-        "sources": sorted({decision.source for decision in decisions}),
-        "event_ids": sorted({decision.source_event_id for decision in decisions}),
-    }
     states: dict[str, dict[str, ConsentFact]] = {root: {} for root in roots}
     seen: set[tuple[str, str, str, str]] = set()
-    with unprepared(session):
+    if found is None:
         found = session.execute(_MANY_SEEN_AND_STATE, parameters).all()
     for row in found:
         if row.kind == "seen":
@@ -625,7 +638,7 @@ def record_consent_many(
         recorded[owner].append(record)
         for purpose, fact in _fold(states[record.profile_id], [record]).items():
             changed[(record.profile_id, purpose)] = fact
-    _write_projection(session, [(root, fact) for (root, _purpose), fact in sorted(changed.items())], now)
+    _write_projection(session, [(root, fact) for (root, _purpose), fact in sorted(changed.items())], now, deferred)
     return recorded
 
 
@@ -699,8 +712,11 @@ def _fold(state: dict[str, ConsentFact], records: Sequence[ConsentRecord | Recor
     return changed
 
 
-def _write_projection(session: Session, rows: Sequence[tuple[str, ConsentFact]], now: datetime) -> None:
-    """Upsert projection rows ``(profile_id, fact)`` (at most one per profile and purpose) in one statement."""
+def _write_projection(
+    session: Session, rows: Sequence[tuple[str, ConsentFact]], now: datetime, deferred: list[Call] | None = None
+) -> None:
+    """Upsert projection rows ``(profile_id, fact)`` (at most one per profile and purpose) in one statement (on
+    PostgreSQL, appended to ``deferred`` when given)."""
     if not rows:
         return
     values = [
@@ -716,7 +732,9 @@ def _write_projection(session: Session, rows: Sequence[tuple[str, ConsentFact]],
         for profile_id, fact in rows
     ]
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    if dialect == "postgresql" and deferred is not None:
+        deferred.append(Call(_postgresql_projection_upsert(), {"rows": json_document(values)}))
+    elif dialect == "postgresql":
         session.execute(_postgresql_projection_upsert(), {"rows": json_document(values)})
     else:
         session.execute(_projection_upsert(dialect), values)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from hub.cmp.batch import _postgresql_store_statement
 from hub.cmp.models import CmpInboxItem, CmpSource
 from hub.cmp.services import _INBOX_INSERT
-from hub.db import json_document, unprepared
+from hub.db import json_document
 from tests.support.plans import PreparedPlan
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -111,15 +111,3 @@ def test_a_batch_looks_up_earlier_copies_by_key(postgresql_session: Session, mod
         assert index in text, text
         condition = text.split(index, 1)[1].split("Index Cond:", 1)[1].split("\n", 1)[0]
         assert key in condition, text
-
-
-def test_unprepared_restores_the_connection_setting(postgresql_session: Session) -> None:
-    session = postgresql_session
-    driver = session.connection().connection.driver_connection
-    before = driver.prepare_threshold
-    with unprepared(session):
-        assert driver.prepare_threshold is None
-    assert driver.prepare_threshold == before
-    with pytest.raises(RuntimeError), unprepared(session):
-        raise RuntimeError("a failing statement")
-    assert driver.prepare_threshold == before

@@ -1,0 +1,192 @@
+"""PostgreSQL: ``hub.db.pipelined`` sends a transaction's statements together and reads back what the session's
+own ``execute`` reads, in order, with the same errors and the same transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from psycopg.pq import TransactionStatus
+from sqlalchemy import bindparam, event, insert, select, text
+from sqlalchemy.orm import Session
+
+from hub.cmp.models import CmpSource
+from hub.db import Call, create_db_engine, make_sessionmaker, pipelined
+from hub.profiles.models import Profile
+from tests.support.databases import TestDatabase
+
+_SOURCES = CmpSource.__table__
+_PROFILES = Profile.__table__
+
+BY_NAMES = select(_SOURCES.c.id, _SOURCES.c.name, _SOURCES.c.settings, _SOURCES.c.enabled).where(
+    _SOURCES.c.name.in_(bindparam("names", expanding=True))
+)
+ADD_SOURCE = insert(_SOURCES).returning(_SOURCES.c.id)
+PROFILE = select(_PROFILES.c.id, _PROFILES.c.created_at, _PROFILES.c.erased_at).where(_PROFILES.c.id == bindparam("id"))
+ADD_PROFILE = insert(_PROFILES)
+COUNT_SOURCES = select(text("count(*) AS sources")).select_from(_SOURCES)
+
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def source(name: str, **settings: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "adapter": "generic",
+        "authenticator": "hmac",
+        "settings": settings,
+        "enabled": True,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+
+
+def driver_status(session: Session) -> TransactionStatus:
+    return session.connection().connection.driver_connection.info.transaction_status
+
+
+@pytest.fixture
+def postgresql_engine(fresh_database: TestDatabase) -> TestDatabase:
+    if fresh_database.backend != "postgresql":
+        pytest.skip("libpq's pipeline mode is PostgreSQL's")
+    return fresh_database
+
+
+def test_rows_read_back_as_the_session_reads_them(postgresql_session: Session) -> None:
+    session = postgresql_session
+    tricky = {"purpose_map": {'ünïcode \\ "quoted"': "ad_storage"}, "ip_allow_list": ["10.0.0.0/8"], "n": None}
+    session.execute(insert(_SOURCES), [source("pipe-a", **tricky), source("pipe-b")])
+    # An aware time in another zone: the column type's own processing gives it back in UTC, as the session does.
+    created = datetime(2026, 11, 28, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    session.execute(ADD_PROFILE, {"id": "p-pipe", "created_at": created, "updated_at": created})
+
+    names = {"names": ["pipe-a", "pipe-b", "missing"]}
+    by_names, profile = pipelined(session, [Call(BY_NAMES, names, prepared=False), Call(PROFILE, {"id": "p-pipe"})])
+
+    assert sorted(tuple(row) for row in by_names) == sorted(tuple(row) for row in session.execute(BY_NAMES, names))
+    row = next(row for row in by_names if row.name == "pipe-a")
+    assert row.settings == tricky
+    assert row.enabled is True
+    [person] = profile
+    assert tuple(person) == tuple(session.execute(PROFILE, {"id": "p-pipe"}).one())
+    assert person.created_at == created
+    assert person.created_at.tzinfo == UTC
+    assert person.erased_at is None
+
+
+def test_statements_run_in_order_in_the_session_transaction(postgresql_session: Session) -> None:
+    session = postgresql_session
+    before = session.execute(COUNT_SOURCES).scalar_one()
+    added, counted, listed = pipelined(
+        session,
+        [
+            Call(ADD_SOURCE, source("pipe-order")),
+            Call(COUNT_SOURCES, {}),
+            Call(BY_NAMES, {"names": ["pipe-order"]}, prepared=False),
+        ],
+    )
+    [(new_id,)] = added
+    assert counted[0].sources == before + 1  # the count ran after the insert
+    assert [row.id for row in listed] == [new_id]
+    # The session sees the pipeline's writes: one transaction.
+    assert session.execute(BY_NAMES, {"names": ["pipe-order"]}).one().id == new_id
+
+
+def test_an_error_stops_the_rest_and_the_session_rolls_back(postgresql_engine: TestDatabase) -> None:
+    sessions = make_sessionmaker(postgresql_engine.engine)
+    with sessions() as session:
+        session.execute(insert(_SOURCES), [source("pipe-taken")])
+        session.commit()
+    with sessions() as session:
+        with pytest.raises(Exception, match=r"duplicate key|unique"):
+            pipelined(
+                session,
+                [
+                    Call(ADD_SOURCE, source("pipe-first")),
+                    Call(ADD_SOURCE, source("pipe-taken")),  # unique name: fails
+                    Call(ADD_SOURCE, source("pipe-never")),
+                ],
+                commit=True,
+            )
+        session.rollback()
+        # Nothing of the failed transaction is kept, and the session works on.
+        names = {"names": ["pipe-first", "pipe-taken", "pipe-never"]}
+        assert [row.name for row in session.execute(BY_NAMES, names)] == ["pipe-taken"]
+
+
+def test_commit_is_sent_with_the_statements(postgresql_engine: TestDatabase) -> None:
+    sessions = make_sessionmaker(postgresql_engine.engine)
+    other = create_db_engine(postgresql_engine.url)
+    try:
+        with sessions() as session:
+            session.execute(BY_NAMES, {"names": ["x"]})  # the transaction has begun
+            assert driver_status(session) == TransactionStatus.INTRANS
+            pipelined(session, [Call(ADD_SOURCE, source("pipe-committed"))], commit=True)
+            # Committed already: another connection sees the row before the session's own commit...
+            assert driver_status(session) == TransactionStatus.IDLE
+            with other.connect() as connection:
+                assert connection.execute(BY_NAMES, {"names": ["pipe-committed"]}).one().name == "pipe-committed"
+            # ... which then sends nothing.
+            sent: list[str] = []
+            event.listen(postgresql_engine.engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+            session.commit()
+            assert sent == []
+    finally:
+        other.dispose()
+
+
+def test_commit_refuses_objects_pending_in_the_session(postgresql_engine: TestDatabase) -> None:
+    sessions = make_sessionmaker(postgresql_engine.engine)
+    with sessions() as session:
+        now = datetime.now(UTC)
+        session.add(Profile(id="p-pending", created_at=now, updated_at=now))
+        with pytest.raises(RuntimeError, match="pending"):
+            pipelined(session, [Call(COUNT_SOURCES, {})], commit=True)
+
+
+def test_inside_a_savepoint_nothing_is_committed(postgresql_session: Session) -> None:
+    # The test harness runs each session in a SAVEPOINT of an outer transaction: committing at the driver would
+    # commit that outer transaction; the session's commit releases the SAVEPOINT instead.
+    session = postgresql_session
+    session.execute(COUNT_SOURCES)
+    pipelined(session, [Call(ADD_SOURCE, source("pipe-nested"))], commit=True)
+    assert driver_status(session) == TransactionStatus.INTRANS
+    assert session.connection().in_nested_transaction()
+
+
+def test_statement_events_see_the_statements(postgresql_session: Session) -> None:
+    session = postgresql_session
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append(statement.split()[0])
+
+    connection = session.connection()
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        pipelined(session, [Call(ADD_SOURCE, source("pipe-events")), Call(COUNT_SOURCES, {})])
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    assert seen == ["INSERT", "SELECT"]
+
+
+def test_python_side_defaults_are_refused(postgresql_session: Session) -> None:
+    # The session computes those; a pipelined statement without them would write NULL or fail on the server.
+    values = source("pipe-defaults")
+    del values["created_at"]
+    with pytest.raises(ValueError, match="every column"):
+        pipelined(postgresql_session, [Call(ADD_SOURCE, values)])
+
+
+def test_only_calls_marked_prepared_are_prepared(postgresql_session: Session) -> None:
+    # psycopg prepares a statement on its sixth run; an unprepared call is planned for its values every time.
+    session = postgresql_session
+    for _run in range(8):
+        pipelined(
+            session,
+            [Call(BY_NAMES, {"names": ["a", "b", "c"]}, prepared=False), Call(PROFILE, {"id": "p-none"})],
+        )
+    prepared = session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars().all()
+    assert any("FROM profiles" in statement for statement in prepared), prepared
+    assert not any("FROM cmp_sources" in statement for statement in prepared), prepared
