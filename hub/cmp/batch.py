@@ -206,10 +206,11 @@ class GroupCommit(Generic[T, R]):
                 else:
                     self._started[id(successor)] = time.monotonic()
                     successor.lead = True
-            for member in batch[1:]:
-                member.ready.set()
+            # The successor first: the next batch's statements are on their way while this batch's threads answer.
             if successor is not None:
                 successor.ready.set()
+            for member in batch[1:]:
+                member.ready.set()
         return job.result
 
 
