@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from psycopg.pq import ExecStatus
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -234,6 +235,7 @@ class _DriverStatement:
     compiled: Any
     binds: dict[str, Callable[[Any], Any]]  # by parameter name, the column types' bind processing
     processors: tuple[Callable[[Any], Any] | None, ...]  # by result column
+    expanding: bool  # whether the text depends on the parameters (an expanding IN)
     row: Any = None  # the row class, made from the first result's column names
 
 
@@ -258,16 +260,20 @@ def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _
         compiled=compiled,
         binds={name: process for name, process in binds.items() if process is not None},
         processors=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns),
+        expanding=bool(compiled.post_compile_params or compiled.literal_execute_params),
     )
     _DRIVER_STATEMENTS[key] = (statement, prepared)
     return prepared
 
 
 def _rows(prepared: _DriverStatement, cursor: Any) -> list[Any]:
-    if cursor.description is None:
+    # Read off the result itself: the cursor's description builds an object per column at every access.
+    result = cursor.pgresult
+    if result is None or result.status != ExecStatus.TUPLES_OK:
         return []
     if prepared.row is None:
-        prepared.row = namedtuple("Row", [column.name for column in cursor.description], rename=True)  # type: ignore[misc]
+        names = [result.fname(index).decode() for index in range(result.nfields)]
+        prepared.row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
     row, processors = prepared.row, prepared.processors
     if not any(processors):
         return [row._make(values) for values in cursor.fetchall()]
@@ -300,15 +306,18 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
     with driver.pipeline():
         for call in calls:
             prepared = _driver_statement(call.statement, dialect, tuple(sorted(call.parameters)))
-            state = prepared.compiled.construct_expanded_state(dict(call.parameters))
-            process = {**prepared.binds, **state.processors}  # the latter: an expanded list's items
-            parameters = {
-                name: (process[name](value) if name in process else value) for name, value in state.parameters.items()
-            }
+            if prepared.expanding:
+                state = prepared.compiled.construct_expanded_state(dict(call.parameters))
+                sql, values = state.statement, state.parameters
+                process = {**prepared.binds, **state.processors}  # the latter: an expanded list's items
+            else:
+                sql, process = prepared.compiled.string, prepared.binds
+                values = prepared.compiled.construct_params(call.parameters)
+            parameters = {name: (process[name](value) if name in process else value) for name, value in values.items()}
             cursor = driver.cursor()
             if connection.dispatch.before_cursor_execute:  # statement logging and tests see these too
-                connection.dispatch.before_cursor_execute(connection, cursor, state.statement, parameters, None, False)
-            cursor.execute(state.statement, parameters, prepare=None if call.prepared else False)
+                connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, False)
+            cursor.execute(sql, parameters, prepare=None if call.prepared else False)
             sent.append((prepared, cursor))
         if commit and not connection.in_nested_transaction():
             driver.commit()

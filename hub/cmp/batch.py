@@ -68,7 +68,7 @@ from hub.consent.services import BatchNotApplicable, ConsentDecision, record_con
 from hub.db import Call, json_document, json_insert, json_recordset, pipelined
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
-from hub.profiles.services import PreparedIdentity, prepare_identity, resolve_many
+from hub.profiles.services import LookupAhead, PreparedIdentity, Snapshot, lookup_ahead, prepare_identity, resolve_many
 
 log = logging.getLogger(__name__)
 
@@ -457,8 +457,11 @@ def _process(
     taken = {index: item for index, item in enumerate(items) if index not in excluded}
     if not taken:
         return answers
+    looked_up: Snapshot | None = None
     if session.get_bind().dialect.name == "postgresql":
-        current, inbox_ids, duplicate_of = _store_postgresql(session, encryptor, taken)
+        # The identity look-up goes with the inbox statement (and the transaction's BEGIN): one round trip.
+        lookup = lookup_ahead([item.prepared for item in taken.values()], settings=settings)
+        current, inbox_ids, duplicate_of, looked_up = _store_postgresql(session, encryptor, taken, lookup)
         _check_sources(taken, current, sources)
     else:
         names = sorted({item.source.name for item in taken.values()})
@@ -490,7 +493,7 @@ def _process(
             }
         )
 
-    profiles = _resolve(session, encryptor, settings, fresh, notes, now)
+    profiles = _resolve(session, encryptor, settings, fresh, notes, now, looked_up)
     decisions: list[ConsentDecision] = []
     decided: list[int] = []
     for index, item in fresh.items():
@@ -635,18 +638,18 @@ def _postgresql_store_statement() -> Any:
 
 
 def _store_postgresql(
-    session: Session, encryptor: FieldEncryptor, taken: Mapping[int, _Item]
-) -> tuple[dict[str, SourceConfig | None], dict[int, int], dict[int, int | None]]:
-    """``_store`` and the read of the batch's sources in one statement: the sources by name (None: not enabled),
-    and by delivery index the new inbox rows' ids and the earliest earlier copies."""
+    session: Session, encryptor: FieldEncryptor, taken: Mapping[int, _Item], lookup: LookupAhead
+) -> tuple[dict[str, SourceConfig | None], dict[int, int], dict[int, int | None], Snapshot]:
+    """``_store`` and the read of the batch's sources in one statement, sent with the BEGIN and ``lookup``: the
+    sources by name (None: not enabled), by delivery index the new inbox rows' ids and the earliest earlier
+    copies, and what the look-up found."""
     items = list(taken.values())
     document = json_document([_json_row(item.row) for item in items])
     parameters = {
         "rows": document,
         "names": sorted({item.source.name for item in items}),
     }
-    # The transaction's BEGIN goes with it (one round trip).
-    [found] = pipelined(session, [Call(_postgresql_store_statement(), parameters)])
+    [found, *looked_up] = pipelined(session, [Call(_postgresql_store_statement(), parameters), *lookup.calls])
     current: dict[str, SourceConfig | None] = dict.fromkeys(parameters["names"])
     new_rows = []
     earlier = []
@@ -666,7 +669,7 @@ def _store_postgresql(
     ]:
         raise RuntimeError("the batch's inbox rows came back in an order other than their insertion")
     ids = [row.id for row in new_rows]
-    return current, dict(zip(taken, ids, strict=True)), _copies(taken, earlier, ids)
+    return current, dict(zip(taken, ids, strict=True)), _copies(taken, earlier, ids), lookup.read(looked_up)
 
 
 def _json_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -721,6 +724,7 @@ def _resolve(
     items: Mapping[int, _Item],
     notes: dict[int, list[str]],
     now: datetime,
+    looked_up: Snapshot | None,
 ) -> dict[int, str | None]:
     """Each item's person (None: erased; nothing is recorded), resolved a source at a time (the merge journal
     names the source). Raises ``_OneByOne`` naming the subjects the one-by-one path answers otherwise (not
@@ -732,7 +736,13 @@ def _resolve(
     unsettled: list[int] = []
     for record_source, members in by_source.items():
         resolutions = resolve_many(
-            session, encryptor, [items[i].prepared for i in members], source=record_source, settings=settings, now=now
+            session,
+            encryptor,
+            [items[i].prepared for i in members],
+            source=record_source,
+            settings=settings,
+            now=now,
+            looked_up=looked_up,
         )
         for index, resolution in zip(members, resolutions, strict=True):
             if resolution.suppressed:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -53,7 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from hub.config import Settings
-from hub.db import UTCDateTime, json_document, json_recordset, new_id
+from hub.db import Call, UTCDateTime, json_document, json_recordset, new_id
 from hub.encryption import DecryptionError, FieldEncryptor
 from hub.events.models import Event
 from hub.profiles.identifiers import (
@@ -284,7 +284,7 @@ def _resolve_with_retries(
     source: str,
     policy: IdentityPolicy,
     now: datetime,
-    snapshot: _Snapshot | None = None,
+    snapshot: Snapshot | None = None,
 ) -> Resolution:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -315,11 +315,13 @@ def resolve_many(
     settings: Settings,
     now: datetime,
     policy: IdentityPolicy | None = None,
+    looked_up: Snapshot | None = None,
 ) -> list[Resolution]:
     """Resolve a batch (an events batch, an import batch) with the same outcome as calling ``resolve_prepared``
     for each item in order, in a handful of statements whatever the batch size.
 
-    One lookup (per ``LOOKUP_CHUNK`` identifiers) reads every identifier of the batch with its profile. Items
+    One lookup (per ``LOOKUP_CHUNK`` identifiers) reads every identifier of the batch with its profile, unless
+    ``looked_up`` (``LookupAhead.read``, in the same transaction) answers them all. Items
     are then grouped: two items belong together when they share an identifier or a profile (only items of one
     group can see each other's writes, so groups are independent and only the order inside a group matters).
 
@@ -338,7 +340,7 @@ def resolve_many(
     resolved item by item in the order of their smallest identifier, so concurrent batches wait for each other
     instead of deadlocking in the common cases (callers still treat a deadlock as retryable).
     """
-    plan = plan_many(session, encryptor, items, settings=settings, now=now, policy=policy)
+    plan = plan_many(session, encryptor, items, settings=settings, now=now, policy=policy, looked_up=looked_up)
     return complete_many(session, encryptor, plan, source=source, settings=settings, now=now, policy=policy)
 
 
@@ -377,9 +379,10 @@ def plan_many(
     settings: Settings,
     now: datetime,
     policy: IdentityPolicy | None = None,
+    looked_up: Snapshot | None = None,
 ) -> BatchPlan:
-    """Read (one lookup per ``LOOKUP_CHUNK`` identifiers) and decide how each item of a batch resolves; writes
-    nothing. See ``resolve_many`` for the grouping."""
+    """Read (one lookup per ``LOOKUP_CHUNK`` identifiers, unless ``looked_up`` answers every identifier of the
+    batch) and decide how each item of a batch resolves; writes nothing. See ``resolve_many`` for the grouping."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
     policy = policy or identity_policy(settings.extra)
@@ -393,7 +396,10 @@ def plan_many(
         bases.append(Resolution(profile_id=None, normalized=prepared.normalized, errors=dict(prepared.errors)))
         if not candidates:
             answers[index] = _with(bases[index], notes=(*notes, NO_IDENTIFIER_NOTE))
-    snapshot = _lookup(session, [c for candidates, _notes in usable for c in candidates])
+    wanted = [c for candidates, _notes in usable for c in candidates]
+    snapshot = looked_up
+    if snapshot is None or not snapshot.keys.issuperset((c.kind, c.value_hash) for c in wanted):
+        snapshot = _lookup(session, wanted)
 
     # Group items that share an identifier or a profile (union-find over item, identifier and profile nodes).
     parent: dict[object, object] = {}
@@ -514,7 +520,7 @@ def complete_many(
     return [r for r in results if r is not None]
 
 
-def _is_new_person(candidates: Sequence[IdentifierCandidate], snapshot: _Snapshot) -> bool:
+def _is_new_person(candidates: Sequence[IdentifierCandidate], snapshot: Snapshot) -> bool:
     """No identifier of the call is held or suppressed, and a strong one can create the profile."""
     return any(c.strong for c in candidates) and not any(
         (c.kind, c.value_hash) in snapshot.held or (c.kind, c.value_hash) in snapshot.suppressed for c in candidates
@@ -527,7 +533,7 @@ def _resolution_without_writes(
     candidates: Sequence[IdentifierCandidate],
     notes_in: Sequence[str],
     base: Resolution,
-    snapshot: _Snapshot,
+    snapshot: Snapshot,
     now: datetime,
     traits_cache: dict[str, dict[str, str]],
 ) -> tuple[Resolution, list[int]] | None:
@@ -795,11 +801,42 @@ class _Held(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Snapshot:
-    """What one lookup read: identities held for the (kind, hash) pairs asked, and the suppressed pairs."""
+class Snapshot:
+    """What one lookup read: identities held for the (kind, hash) pairs asked (``keys``), and the suppressed
+    pairs."""
 
     held: Mapping[tuple[str, str], _Held]
     suppressed: frozenset[tuple[str, str]]
+    keys: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True)
+class LookupAhead:
+    """PostgreSQL: a batch's identity look-up made ready to go with other statements (``calls``, for
+    ``hub.db.pipelined``); ``read`` turns their rows into what ``resolve_many`` takes as ``looked_up``."""
+
+    keys: frozenset[tuple[str, str]]
+    calls: tuple[Call, ...]
+
+    def read(self, results: Sequence[Sequence[Any]]) -> Snapshot:
+        return _snapshot(self.keys, (row for rows in results for row in rows))
+
+
+def lookup_ahead(
+    items: Sequence[PreparedIdentity], *, settings: Settings, policy: IdentityPolicy | None = None
+) -> LookupAhead:
+    """PostgreSQL: the look-up ``resolve_many`` makes for ``items``, to be sent ahead of it (with a batch's first
+    statement, say), so that resolution starts without a round trip of its own."""
+    policy = policy or identity_policy(settings.extra)
+    keys = sorted({(c.kind, c.value_hash) for prepared in items for c in _usable_candidates(prepared, policy)[0]})
+    return LookupAhead(frozenset(keys), tuple(Call(_postgresql_lookup_statement(), params) for params in _chunks(keys)))
+
+
+def _chunks(keys: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    """PostgreSQL's look-up parameters, a ``LOOKUP_CHUNK`` of (kind, hash) pairs each."""
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        yield {"keys": json_document([{"kind": k, "value_hash": h} for k, h in chunk])}
 
 
 def _pairs(kind_column: Any, hash_column: Any, keys: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
@@ -978,7 +1015,7 @@ def _postgresql_lookup_or_create_sql(dialect: Any) -> str:
 
 def _postgresql_lookup_or_create(
     session: Session, candidates: Collection[IdentifierCandidate], person: _NewPerson, now: datetime
-) -> tuple[_Snapshot, set[tuple[str, str]]]:
+) -> tuple[Snapshot, set[tuple[str, str]]]:
     """The lookup of one call's identifiers, creating ``person`` when it finds none: the snapshot, and the (kind,
     hash) pairs of the identities inserted (empty unless the profile was created)."""
     if session.autoflush:
@@ -1023,42 +1060,46 @@ def _postgresql_lookup_or_create(
             blocked.add((kind, value_hash))
         else:
             inserted.add((kind, value_hash))
-    return _Snapshot(held=held, suppressed=frozenset(blocked)), inserted
+    return Snapshot(held=held, suppressed=frozenset(blocked)), inserted
 
 
-def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> _Snapshot:
+def _lookup(session: Session, candidates: Collection[IdentifierCandidate]) -> Snapshot:
     """The identities held for these (kind, hash) pairs and which pairs are suppressed: one round trip per
     ``LOOKUP_CHUNK`` pairs."""
     keys = sorted({(c.kind, c.value_hash) for c in candidates})
-    postgresql_dialect = session.get_bind().dialect.name == "postgresql"
-    held: dict[tuple[str, str], _Held] = {}
-    blocked: set[tuple[str, str]] = set()
-    for start in range(0, len(keys), LOOKUP_CHUNK):
-        chunk = keys[start : start + LOOKUP_CHUNK]
-        if postgresql_dialect:
-            statement = _postgresql_lookup_statement()
-            params: dict[str, Any] = {"keys": json_document([{"kind": k, "value_hash": h} for k, h in chunk])}
-        else:
+    rows: list[Any] = []
+    if session.get_bind().dialect.name == "postgresql":
+        for params in _chunks(keys):
+            rows.extend(session.execute(_postgresql_lookup_statement(), params))
+    else:
+        for start in range(0, len(keys), LOOKUP_CHUNK):
             by_kind: dict[str, list[str]] = {}
-            for kind, value_hash in chunk:
+            for kind, value_hash in keys[start : start + LOOKUP_CHUNK]:
                 by_kind.setdefault(kind, []).append(value_hash)
             statement = _lookup_statement(tuple(sorted(by_kind)))
-            params = {_hash_param(kind): hashes for kind, hashes in by_kind.items()}
-        for row in session.execute(statement, params):
-            if row.source == "s":
-                blocked.add((row.kind, row.value_hash))
-            else:
-                held[(row.kind, row.value_hash)] = _Held(
-                    identity_id=row.id,
-                    profile_id=row.profile_id,
-                    # The compound select takes its result types from the first select: UTC-aware datetimes.
-                    last_seen_at=row.last_seen_at,
-                    region=row.region,
-                    traits_encrypted=row.traits_encrypted,
-                    root_merged=row.merged_into_id is not None,
-                    root_erased=row.erased_at is not None,
-                )
-    return _Snapshot(held=held, suppressed=frozenset(blocked))
+            rows.extend(session.execute(statement, {_hash_param(kind): hashes for kind, hashes in by_kind.items()}))
+    return _snapshot(frozenset(keys), rows)
+
+
+def _snapshot(keys: frozenset[tuple[str, str]], rows: Iterable[Any]) -> Snapshot:
+    """A look-up's rows (either statement's) as a ``Snapshot``."""
+    held: dict[tuple[str, str], _Held] = {}
+    blocked: set[tuple[str, str]] = set()
+    for row in rows:
+        if row.source == "s":
+            blocked.add((row.kind, row.value_hash))
+        else:
+            held[(row.kind, row.value_hash)] = _Held(
+                identity_id=row.id,
+                profile_id=row.profile_id,
+                # The compound select takes its result types from the first select: UTC-aware datetimes.
+                last_seen_at=row.last_seen_at,
+                region=row.region,
+                traits_encrypted=row.traits_encrypted,
+                root_merged=row.merged_into_id is not None,
+                root_erased=row.erased_at is not None,
+            )
+    return Snapshot(held=held, suppressed=frozenset(blocked), keys=keys)
 
 
 def _resolve_once(
@@ -1071,7 +1112,7 @@ def _resolve_once(
     source: str,
     policy: IdentityPolicy,
     now: datetime,
-    snapshot: _Snapshot | None = None,
+    snapshot: Snapshot | None = None,
 ) -> Resolution:
     """One full resolution (callers hold a SAVEPOINT); ``snapshot``: a lookup of ``candidates`` made earlier in
     this transaction, when nothing can have changed since."""

@@ -232,7 +232,7 @@ def stale_first_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     def lookup(session: Session, candidates: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
-            return services._Snapshot(held={}, suppressed=frozenset())
+            return services.Snapshot(held={}, suppressed=frozenset())
         return real_lookup(session, candidates)
 
     monkeypatch.setattr(services, "_lookup", lookup)
@@ -364,3 +364,59 @@ def test_single_call_lookup_probes_the_unique_indexes(db_session: Session, mode:
     for table in ("identities", "profiles", "suppressed_identifiers"):
         assert f"Seq Scan on {table}" not in text, text
     assert "uq_identities_kind_value_hash" in text, text
+
+
+@pytest.mark.parametrize("now", [SOON, LATER], ids=["within-last-seen-resolution", "past-it"])
+def test_a_look_up_sent_ahead_resolves_as_resolve_many_s_own(
+    db_session: Session, encryptor: FieldEncryptor, settings: Settings, now: datetime
+) -> None:
+    """``lookup_ahead`` (PostgreSQL: sent with a CMP batch's first statement) answers what ``resolve_many`` would
+    have read itself: the same resolutions and rows, and one look-up fewer (the groups resolved item by item
+    still read their own)."""
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("the look-up sent ahead is PostgreSQL's (hub.db.pipelined)")
+    from sqlalchemy import event
+
+    from hub.db import pipelined
+
+    seed(db_session, encryptor, settings)
+    items = prepared(settings, BATCH)
+    connection = db_session.connection()
+    lookup_text = str(services._postgresql_lookup_statement().compile(dialect=connection.dialect))
+    assert lookup_text.split()[:4] == ["SELECT", "%(param_1)s::VARCHAR", "AS", "source,"]  # as the driver gets it
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    def resolve(looked_up: services.Snapshot | None) -> tuple[dict[str, Any], int]:
+        statements.clear()
+        event.listen(connection, "before_cursor_execute", record)
+        try:
+            results = resolve_many(
+                db_session, encryptor, items, source="batch", settings=settings, now=now, looked_up=looked_up
+            )
+        finally:
+            event.remove(connection, "before_cursor_execute", record)
+        return state(db_session, encryptor, results), statements.count(lookup_text)
+
+    with db_session.begin_nested() as reference_run:
+        expected, own_lookups = resolve(None)
+        reference_run.rollback()
+    lookup = services.lookup_ahead(items, settings=settings)
+    actual, lookups = resolve(lookup.read(pipelined(db_session, list(lookup.calls))))
+    assert actual == expected
+    assert lookups == own_lookups - 1
+
+
+def test_a_look_up_that_misses_identifiers_is_not_used(
+    db_session: Session, encryptor: FieldEncryptor, settings: Settings
+) -> None:
+    """A ``looked_up`` made for other identifiers (a batch changed since) cannot say who is new: resolution
+    reads for itself."""
+    seed(db_session, encryptor, settings)
+    items = prepared(settings, [BATCH[0], BATCH[2]])  # ann and bob, both known
+    nothing = services.Snapshot(held={}, suppressed=frozenset(), keys=frozenset({("email", "elsewhere")}))
+    results = resolve_many(db_session, encryptor, items, source="batch", settings=settings, now=SOON, looked_up=nothing)
+    assert [r.created for r in results] == [False, False]
+    assert all(r.profile_id is not None for r in results)
