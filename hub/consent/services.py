@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, insert, literal, null, select, union_all
+from sqlalchemy import Integer, String, bindparam, delete, func, insert, literal, null, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -575,15 +575,21 @@ def record_consent_many(
         "event_ids": sorted({decision.source_event_id for decision in decisions}),
     }
     found: Sequence[Any] | None = None
-    if session.get_bind().dialect.name == "postgresql":
-        # Unprepared: the lists' lengths vary with the batch (``hub.db.Call``).
-        locked, found = pipelined(
+    allocated: list[int] = []
+    postgresql_dialect = session.get_bind().dialect.name == "postgresql"
+    if postgresql_dialect:
+        # Unprepared: the lists' lengths vary with the batch (``hub.db.Call``). The ledger ids are drawn here, as
+        # many as the batch could write, so that the ledger rows and the projection rows pointing at them can be
+        # sent together (and with the caller's commit); ids a batch does not use are gaps, as a rollback leaves.
+        locked, found, drawn = pipelined(
             session,
             [
                 Call(_LOCK_ROOTS, {"roots": roots, "names": names}, prepared=False),
                 Call(_MANY_SEEN_AND_STATE, parameters, prepared=False),
+                Call(_DRAW_RECORD_IDS, {"n": sum(len(decision.purposes) for decision in decisions)}),
             ],
         )
+        allocated = sorted(row.id for row in drawn)
     else:
         locked = session.execute(_LOCK_ROOTS, {"roots": roots, "names": names}).all()
     usable = {row.id for row in locked if row.merged_into_id is None and row.erased_at is None}
@@ -631,15 +637,35 @@ def record_consent_many(
     recorded: list[list[RecordedConsent]] = [[] for _ in decisions]
     if not rows:
         return recorded
-    ids = _insert_records(session, rows)
+    if postgresql_dialect:
+        ids = allocated[: len(rows)]  # ascending in the rows' order, as an INSERT's own ids would be
+        calls = [Call(_postgresql_records_insert_with_ids(), {"rows": _records_document(rows, ids)})]
+    else:
+        ids = _insert_records(session, rows)
+        calls = []
     changed: dict[tuple[str, str], ConsentFact] = {}
     for record_id, row, owner in zip(ids, rows, owners, strict=True):
         record = RecordedConsent(id=record_id, **row)
         recorded[owner].append(record)
         for purpose, fact in _fold(states[record.profile_id], [record]).items():
             changed[(record.profile_id, purpose)] = fact
-    _write_projection(session, [(root, fact) for (root, _purpose), fact in sorted(changed.items())], now, deferred)
+    projection = [(root, fact) for (root, _purpose), fact in sorted(changed.items())]
+    if postgresql_dialect:
+        # The ledger rows and the projection in one round trip, or with the caller's commit.
+        _write_projection(session, projection, now, calls)
+        if deferred is None:
+            pipelined(session, calls)
+        else:
+            deferred.extend(calls)
+    else:
+        _write_projection(session, projection, now)
     return recorded
+
+
+# Ledger ids drawn ahead of the rows (PostgreSQL's batch path): the column's own sequence, whatever its name.
+_DRAW_RECORD_IDS = select(
+    func.nextval(func.pg_get_serial_sequence(literal("consent_records"), literal("id"))).label("id")
+).select_from(func.generate_series(1, bindparam("n", type_=Integer())))
 
 
 _RECORD_COLUMNS = (
@@ -666,6 +692,18 @@ def _postgresql_records_insert() -> Any:
     return json_insert(_RECORDS, _RECORD_COLUMNS, name="new_records").returning(
         _RECORDS.c.id, _RECORDS.c.profile_id, _RECORDS.c.source, _RECORDS.c.source_event_id, _RECORDS.c.purpose
     )
+
+
+@functools.cache
+def _postgresql_records_insert_with_ids() -> Any:
+    """``INSERT INTO consent_records (id, ...) SELECT ... FROM json_to_recordset(rows)``, ids drawn beforehand
+    (``_DRAW_RECORD_IDS``)."""
+    return json_insert(_RECORDS, ("id", *_RECORD_COLUMNS), name="new_records")
+
+
+def _records_document(rows: Sequence[Mapping[str, Any]], ids: Sequence[int]) -> str:
+    pairs = zip(ids, rows, strict=True)
+    return json_document([{"id": id_, **{name: row[name] for name in _RECORD_COLUMNS}} for id_, row in pairs])
 
 
 def _insert_records(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[int]:
