@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -234,7 +235,7 @@ class Call:
 class _DriverStatement:
     compiled: Any
     binds: dict[str, Callable[[Any], Any]]  # by parameter name, the column types' bind processing
-    processors: tuple[Callable[[Any], Any] | None, ...]  # by result column
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]  # result columns with a type's processing
     expanding: bool  # whether the text depends on the parameters (an expanding IN)
     row: Any = None  # the row class, made from the first result's column names
 
@@ -259,7 +260,11 @@ def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _
     prepared = _DriverStatement(
         compiled=compiled,
         binds={name: process for name, process in binds.items() if process is not None},
-        processors=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns),
+        converters=tuple(
+            (index, process)
+            for index, column in enumerate(columns)
+            if (process := column.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
+        ),
         expanding=bool(compiled.post_compile_params or compiled.literal_execute_params),
     )
     _DRIVER_STATEMENTS[key] = (statement, prepared)
@@ -274,15 +279,16 @@ def _rows(prepared: _DriverStatement, cursor: Any) -> list[Any]:
     if prepared.row is None:
         names = [result.fname(index).decode() for index in range(result.nfields)]
         prepared.row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
-    row, processors = prepared.row, prepared.processors
-    if not any(processors):
-        return [row._make(values) for values in cursor.fetchall()]
-    return [
-        row._make(
-            value if process is None else process(value) for process, value in zip(processors, values, strict=True)
-        )
-        for values in cursor.fetchall()
-    ]
+    make, converters = prepared.row._make, prepared.converters
+    if not converters:
+        return [make(values) for values in cursor.fetchall()]
+    rows = []
+    for values in cursor.fetchall():
+        converted = list(values)
+        for index, process in converters:
+            converted[index] = process(converted[index])
+        rows.append(make(converted))
+    return rows
 
 
 def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) -> list[list[Any]]:
@@ -293,35 +299,59 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
     A transaction's BEGIN goes with its first statement, and a commit with its last writes: where every round trip
     waits for the server and then for this process's threads, they are what a short transaction's time goes to.
     Statements wait for those before them on the server as they would one by one (a read after a lock sees what
-    the lock waited for). An error stops the rest and is raised; the caller rolls back, as for any failed
-    statement. After ``commit`` the session's own commit sends nothing (the driver skips COMMIT outside a
-    transaction); nothing may be pending in the session's unit of work then, and the session must have begun the
-    transaction (inside a SAVEPOINT nothing is committed here: the session's commit releases it)."""
+    the lock waited for). An error stops the rest and is raised as SQLAlchemy raises the driver's errors
+    (``IntegrityError``, ``OperationalError``, ...); the caller rolls back, as for any failed statement.
+
+    After ``commit`` the session's own commit sends nothing (the driver skips COMMIT outside a transaction);
+    nothing may be pending in the session's unit of work then, and the session must have begun the transaction
+    (inside a SAVEPOINT nothing is committed here: the session's commit releases it)."""
     if commit and (session.new or session.dirty or session.deleted):
         raise RuntimeError("pipelined(commit=True) with objects pending in the session")
     connection = session.connection()
     dialect = connection.dialect
     driver = connection.connection.driver_connection
-    sent = []
-    with driver.pipeline():
-        for call in calls:
-            prepared = _driver_statement(call.statement, dialect, tuple(sorted(call.parameters)))
-            if prepared.expanding:
-                state = prepared.compiled.construct_expanded_state(dict(call.parameters))
-                sql, values = state.statement, state.parameters
-                process = {**prepared.binds, **state.processors}  # the latter: an expanded list's items
-            else:
-                sql, process = prepared.compiled.string, prepared.binds
-                values = prepared.compiled.construct_params(call.parameters)
-            parameters = {name: (process[name](value) if name in process else value) for name, value in values.items()}
-            cursor = driver.cursor()
-            if connection.dispatch.before_cursor_execute:  # statement logging and tests see these too
-                connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, False)
-            cursor.execute(sql, parameters, prepare=None if call.prepared else False)
-            sent.append((prepared, cursor))
-        if commit and not connection.in_nested_transaction():
-            driver.commit()
-    results = [_rows(prepared, cursor) for prepared, cursor in sent]
-    for _prepared, cursor in sent:
+    sent: list[tuple[_DriverStatement, Any, str]] = []
+    try:
+        with driver.pipeline():
+            for call in calls:
+                sent.append(_send(connection, driver, call))
+            if commit and not connection.in_nested_transaction():
+                driver.commit()
+    except dialect.loaded_dbapi.Error as error:
+        # Raised as SQLAlchemy raises a driver's errors, so callers' handling (IntegrityError, a lock conflict's
+        # retry, a lost connection) is the same as for the session's own statements.
+        invalidated = dialect.is_disconnect(error, connection.connection, None)
+        if invalidated:
+            connection.invalidate(error)
+        statements = "; ".join(sql for _prepared, _cursor, sql in sent)
+        raise DBAPIError.instance(
+            statements,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=dialect,
+        ) from error
+    results = [_rows(prepared, cursor) for prepared, cursor, _sql in sent]
+    for _prepared, cursor, _sql in sent:
         cursor.close()
     return results
+
+
+def _send(connection: Any, driver: Any, call: Call) -> tuple[_DriverStatement, Any, str]:
+    """Queue one call in the driver's pipeline, with its types' bind processing; its statement, cursor and text."""
+    prepared = _driver_statement(call.statement, connection.dialect, tuple(sorted(call.parameters)))
+    if prepared.expanding:
+        state = prepared.compiled.construct_expanded_state(dict(call.parameters))
+        sql, values = state.statement, state.parameters
+        process = {**prepared.binds, **state.processors}  # the latter: an expanded list's items
+    else:
+        sql, process = prepared.compiled.string, prepared.binds
+        values = prepared.compiled.construct_params(call.parameters)
+    parameters = {name: (process[name](value) if name in process else value) for name, value in values.items()}
+    cursor = driver.cursor()
+    if connection.dispatch.before_cursor_execute:  # statement logging and tests see these too
+        connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, False)
+    cursor.execute(sql, parameters, prepare=None if call.prepared else False)
+    return prepared, cursor, sql

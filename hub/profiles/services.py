@@ -53,7 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from hub.config import Settings
-from hub.db import Call, UTCDateTime, json_document, json_recordset, new_id
+from hub.db import Call, UTCDateTime, json_document, json_recordset, new_id, pipelined
 from hub.encryption import DecryptionError, FieldEncryptor
 from hub.events.models import Event
 from hub.profiles.identifiers import (
@@ -757,7 +757,8 @@ def _create_new_people(
             ),
             "now": now,
         }
-        inserted = {(row.kind, row.value_hash) for row in session.execute(_postgresql_new_people_insert(), params)}
+        [created] = pipelined(session, [Call(_postgresql_new_people_insert(), params)])
+        inserted = {(row.kind, row.value_hash) for row in created}
     else:
         session.execute(insert(Profile.__table__), profiles)
         if identities:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from psycopg.pq import TransactionStatus
 from sqlalchemy import bindparam, event, insert, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from hub.cmp.models import CmpSource
-from hub.db import Call, create_db_engine, make_sessionmaker, pipelined
+from hub.db import Call, create_db_engine, is_lock_conflict, make_sessionmaker, pipelined
 from hub.profiles.models import Profile
 from tests.support.databases import TestDatabase
 
@@ -99,7 +100,7 @@ def test_an_error_stops_the_rest_and_the_session_rolls_back(postgresql_engine: T
         session.execute(insert(_SOURCES), [source("pipe-taken")])
         session.commit()
     with sessions() as session:
-        with pytest.raises(Exception, match=r"duplicate key|unique"):
+        with pytest.raises(IntegrityError, match=r"duplicate key"):  # as the session's own statements raise it
             pipelined(
                 session,
                 [
@@ -190,3 +191,20 @@ def test_only_calls_marked_prepared_are_prepared(postgresql_session: Session) ->
     prepared = session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars().all()
     assert any("FROM profiles" in statement for statement in prepared), prepared
     assert not any("FROM cmp_sources" in statement for statement in prepared), prepared
+
+
+def test_a_lock_conflict_is_one_as_callers_know_it(postgresql_engine: TestDatabase) -> None:
+    # Ingestion retries a batch after a lock conflict and the web layer answers 503 busy_retry: both read
+    # SQLAlchemy's OperationalError and its SQLSTATE.
+    sessions = make_sessionmaker(postgresql_engine.engine)
+    with sessions() as session:
+        session.execute(insert(_SOURCES), [source("pipe-locked")])
+        session.commit()
+    lock = select(_SOURCES.c.id).where(_SOURCES.c.name == bindparam("name")).with_for_update(nowait=True)
+    with sessions() as holder, sessions() as session:
+        holder.execute(lock, {"name": "pipe-locked"})
+        with pytest.raises(OperationalError) as raised:
+            pipelined(session, [Call(COUNT_SOURCES, {}), Call(lock, {"name": "pipe-locked"})])
+        assert is_lock_conflict(raised.value)
+        session.rollback()
+        holder.rollback()
