@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, delete, func, insert, literal, null, select, union_all
+from sqlalchemy import Integer, String, bindparam, delete, func, insert, literal, null, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from hub.consent.ledger import fact_from_record, load_ledger
 from hub.consent.models import ConsentRecord, ConsentState, Purpose
 from hub.consent.policy import DENIED, STATUSES, ConsentFact, ConsentLedger, merge_denials
-from hub.db import Call, json_document, json_insert, pipelined
+from hub.db import Call, json_document, json_insert, json_recordset, pipelined
 from hub.profiles.models import Profile
 from hub.profiles.services import ProfileNotFound, canonical_profile_id, cluster_ids
 
@@ -540,6 +540,96 @@ _MANY_SEEN_AND_STATE = union_all(
 )
 
 
+# PostgreSQL's forms of the two statements above, for the batch's pipeline. Their text is the same for every batch,
+# so they stay prepared (planning them had cost PostgreSQL more than running them); the lists travel as JSON
+# documents, and each key is probed on its own (a LATERAL subquery that OFFSET 0 keeps from being flattened into a
+# join): the plan a connection keeps, made when the tables were small, then stays an index probe per key
+# (tests/db/consent/test_consent_batch_query_plans.py).
+@functools.cache
+def _postgresql_lock_roots() -> Any:
+    wanted = json_recordset("wanted_roots", [("id", _PROFILES.c.id.type)], "roots")
+    names = json_recordset("wanted_purposes", [("name", Purpose.__table__.c.name.type)], "names")
+    root = (
+        select(_PROFILES.c.id, _PROFILES.c.merged_into_id, _PROFILES.c.erased_at)
+        .where(_PROFILES.c.id == wanted.c.id)
+        .offset(0)
+        .with_for_update(of=_PROFILES)
+        .lateral("root")
+    )
+    known = (
+        select(func.count())
+        .select_from(Purpose.__table__)
+        .where(Purpose.__table__.c.name.in_(select(names.c.name)))
+        .scalar_subquery()
+    )
+    # The document lists the roots in id order: they are locked in it.
+    return select(root.c.id, root.c.merged_into_id, root.c.erased_at, known.label("known")).select_from(
+        wanted.join(root, true())
+    )
+
+
+@functools.cache
+def _postgresql_seen_and_state() -> Any:
+    roots = json_recordset("state_roots", [("id", _STATE.c.profile_id.type)], "roots")
+    events = json_recordset(
+        "wanted_events",
+        [("source", _RECORDS.c.source.type), ("source_event_id", _RECORDS.c.source_event_id.type)],
+        "events",
+    )
+    state = (
+        select(
+            _STATE.c.profile_id,
+            _STATE.c.purpose,
+            _STATE.c.status,
+            _STATE.c.collected_at,
+            _STATE.c.expires_at,
+            _STATE.c.record_id,
+        )
+        .where(_STATE.c.profile_id == roots.c.id)
+        .offset(0)
+        .lateral("state")
+    )
+    seen = (
+        select(
+            func.coalesce(_MEMBERS.c.merged_into_id, _MEMBERS.c.id).label("root"),
+            _RECORDS.c.purpose,
+            _RECORDS.c.source,
+            _RECORDS.c.source_event_id,
+        )
+        .select_from(_RECORDS.join(_MEMBERS, _MEMBERS.c.id == _RECORDS.c.profile_id))
+        .where(_RECORDS.c.source == events.c.source, _RECORDS.c.source_event_id == events.c.source_event_id)
+        .offset(0)
+        .lateral("seen")
+    )
+    return union_all(
+        select(
+            literal("state").label("kind"),
+            state.c.profile_id.label("root"),
+            state.c.purpose,
+            state.c.status,
+            state.c.collected_at,
+            state.c.expires_at,
+            state.c.record_id,
+            null().label("source"),
+            null().label("source_event_id"),
+        ).select_from(roots.join(state, true())),
+        # The roots' clusters only: a root's own rows and its merged members' (filtered here, not probed).
+        select(
+            literal("seen"),
+            seen.c.root,
+            seen.c.purpose,
+            null(),
+            null(),
+            null(),
+            null(),
+            seen.c.source,
+            seen.c.source_event_id,
+        )
+        .select_from(events.join(seen, true()))
+        .where(seen.c.root.in_(select(roots.c.id))),
+    )
+
+
 def _acceptable(session: Session, decision: ConsentDecision, now: datetime) -> bool:
     """Whether ``decision`` passes ``record_consent``'s input checks (its purposes' existence aside)."""
     try:
@@ -578,14 +668,24 @@ def record_consent_many(
     allocated: list[int] = []
     postgresql_dialect = session.get_bind().dialect.name == "postgresql"
     if postgresql_dialect:
-        # Unprepared: the lists' lengths vary with the batch (``hub.db.Call``). The ledger ids are drawn here, as
+        # The ledger ids are drawn here, as
         # many as the batch could write, so that the ledger rows and the projection rows pointing at them can be
         # sent together (and with the caller's commit); ids a batch does not use are gaps, as a rollback leaves.
+        documents = {
+            "roots": json_document([{"id": root} for root in roots]),
+            "names": json_document([{"name": name} for name in names]),
+            "events": json_document(
+                [
+                    {"source": source, "source_event_id": event_id}
+                    for source, event_id in sorted({(d.source, d.source_event_id) for d in decisions})
+                ]
+            ),
+        }
         locked, found, drawn = pipelined(
             session,
             [
-                Call(_LOCK_ROOTS, {"roots": roots, "names": names}, prepared=False),
-                Call(_MANY_SEEN_AND_STATE, parameters, prepared=False),
+                Call(_postgresql_lock_roots(), {"roots": documents["roots"], "names": documents["names"]}),
+                Call(_postgresql_seen_and_state(), {"roots": documents["roots"], "events": documents["events"]}),
                 Call(_DRAW_RECORD_IDS, {"n": sum(len(decision.purposes) for decision in decisions)}),
             ],
         )
