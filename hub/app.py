@@ -18,6 +18,7 @@ from hub.config import Settings, check_database_url, load_settings
 from hub.db import create_db_engine, make_sessionmaker
 from hub.encryption import FieldEncryptor
 from hub.metrics import Metrics
+from hub.web.sessions import AdminSessionInterface
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +70,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
     )
+
+    app.session_interface = AdminSessionInterface()
 
     if settings.trusted_proxies:
         # Behind N reverse proxies the client address is in X-Forwarded-For; without this, every browser event

@@ -626,3 +626,23 @@ def test_erasure_empties_the_raw_webhook_bodies_that_name_the_person(
     assert kept.body != b"", "another person's delivery is untouched"
     assert {item.id: item.body_sha256 for item in inbox(db_session)} == digest_before, "the evidence hash stays"
     assert count(db_session, ConsentRecord, ConsentRecord.profile_id == profile_id) > 0
+
+
+def test_a_webhook_opens_no_cookie_session(client: FlaskClient, generic: Any) -> None:
+    # A CMP carries no cookie; a signed-in admin's cookie sent along is not read (the delivery is not theirs), and
+    # no answer sets one.
+    with client.session_transaction() as cookie_session:
+        cookie_session["user_id"] = "someone"
+    response = post_hmac(client, "shop-cmp", generic_body(id="evt-cookie"))
+    assert response.status_code == 200, response.get_json()
+    assert "Set-Cookie" not in response.headers
+    with client.application.test_request_context("/webhooks/cmp/shop-cmp", method="POST"):
+        from flask import session
+
+        assert session.get("user_id") is None
+        with pytest.raises(RuntimeError):  # Flask's null session refuses writes
+            session["user_id"] = "someone"
+    with client.application.test_request_context("/"):
+        from flask import session
+
+        session["user_id"] = "someone"  # the admin UI's sessions are as before
