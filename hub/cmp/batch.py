@@ -10,7 +10,12 @@ sources checked as they are now, its inbox rows and the look-up of earlier copie
 one identity resolution (``resolve_many``), one consent write (``record_consent_many``) — commits once and
 answers every delivery of the batch. While it works, new deliveries queue for the next batch, so batches grow
 with the load and a lone delivery is processed at once (a batch of one); a batch with a successor waiting hands
-it its database connection.
+it its database connection, and wakes it before its own deliveries' threads.
+
+On PostgreSQL a batch's statements are sent together (``hub.db.pipelined``), so the whole batch costs three round
+trips, four when it creates people: the BEGIN, the inbox statement and the identity look-up; the new people; the
+roots' lock, the read of their projection and events and the ledger ids drawn for the batch; the ledger rows, the
+projection and the COMMIT.
 
 The guarantee is unchanged: a delivery is answered only after its batch is committed, with the same answer the
 one-by-one path gives (``tests/web/cmp/test_cmp_batch.py`` compares the two), and a source's configuration as it
