@@ -310,7 +310,7 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
     connection = session.connection()
     dialect = connection.dialect
     driver = connection.connection.driver_connection
-    sent: list[tuple[_DriverStatement, Any, str]] = []
+    sent: list[tuple[_DriverStatement, Any, str, dict[str, Any]]] = []
     try:
         with driver.pipeline():
             for call in calls:
@@ -323,7 +323,7 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
         invalidated = dialect.is_disconnect(error, connection.connection, None)
         if invalidated:
             connection.invalidate(error)
-        statements = "; ".join(sql for _prepared, _cursor, sql in sent)
+        statements = "; ".join(sql for _prepared, _cursor, sql, _parameters in sent)
         raise DBAPIError.instance(
             statements,
             None,
@@ -333,13 +333,16 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
             connection_invalidated=invalidated,
             dialect=dialect,
         ) from error
-    results = [_rows(prepared, cursor) for prepared, cursor, _sql in sent]
-    for _prepared, cursor, _sql in sent:
+    results = []
+    for prepared, cursor, sql, parameters in sent:
+        results.append(_rows(prepared, cursor))
+        if connection.dispatch.after_cursor_execute:
+            connection.dispatch.after_cursor_execute(connection, cursor, sql, parameters, None, False)
         cursor.close()
     return results
 
 
-def _send(connection: Any, driver: Any, call: Call) -> tuple[_DriverStatement, Any, str]:
+def _send(connection: Any, driver: Any, call: Call) -> tuple[_DriverStatement, Any, str, dict[str, Any]]:
     """Queue one call in the driver's pipeline, with its types' bind processing; its statement, cursor and text."""
     prepared = _driver_statement(call.statement, connection.dialect, tuple(sorted(call.parameters)))
     if prepared.expanding:
@@ -351,7 +354,7 @@ def _send(connection: Any, driver: Any, call: Call) -> tuple[_DriverStatement, A
         values = prepared.compiled.construct_params(call.parameters)
     parameters = {name: (process[name](value) if name in process else value) for name, value in values.items()}
     cursor = driver.cursor()
-    if connection.dispatch.before_cursor_execute:  # statement logging and tests see these too
+    if connection.dispatch.before_cursor_execute:  # statement listeners see these too (after: once results are in)
         connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, False)
     cursor.execute(sql, parameters, prepare=None if call.prepared else False)
-    return prepared, cursor, sql
+    return prepared, cursor, sql, parameters

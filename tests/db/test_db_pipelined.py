@@ -4,6 +4,7 @@ own ``execute`` reads, in order, with the same errors and the same transaction."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from psycopg.pq import TransactionStatus
@@ -160,16 +161,22 @@ def test_statement_events_see_the_statements(postgresql_session: Session) -> Non
     session = postgresql_session
     seen: list[str] = []
 
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        seen.append(statement.split()[0])
+    def before(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append("before " + statement.split()[0])
+
+    def after(_conn: object, cursor: Any, statement: str, *_args: object) -> None:
+        seen.append(f"after {statement.split()[0]} {cursor.rowcount}")
 
     connection = session.connection()
-    event.listen(connection, "before_cursor_execute", record)
+    event.listen(connection, "before_cursor_execute", before)
+    event.listen(connection, "after_cursor_execute", after)
     try:
         pipelined(session, [Call(ADD_SOURCE, source("pipe-events")), Call(COUNT_SOURCES, {})])
     finally:
-        event.remove(connection, "before_cursor_execute", record)
-    assert seen == ["INSERT", "SELECT"]
+        event.remove(connection, "before_cursor_execute", before)
+        event.remove(connection, "after_cursor_execute", after)
+    # Both sent before either result came back; each "after" once its result is in.
+    assert seen == ["before INSERT", "before SELECT", "after INSERT 1", "after SELECT 1"]
 
 
 def test_python_side_defaults_are_refused(postgresql_session: Session) -> None:
