@@ -504,21 +504,28 @@ _LOCK_ROOTS = (
     .with_for_update(of=_PROFILES)
 )
 _MEMBERS = Profile.__table__.alias("member")
+
+
 # The roots' projection rows, and the ledger rows the roots' clusters already hold for the batch's CMP events
 # (probing the ledger's unique index by source and event id). The projection branch comes first so its column
 # types decode the result.
-_MANY_SEEN_AND_STATE = union_all(
-    select(
+def _state_branch(state: Any) -> list[Any]:
+    """The columns of the read's projection branch, from ``consent_state`` or a subquery of its columns."""
+    return [
         literal("state").label("kind"),
-        _STATE.c.profile_id.label("root"),
-        _STATE.c.purpose,
-        _STATE.c.status,
-        _STATE.c.collected_at,
-        _STATE.c.expires_at,
-        _STATE.c.record_id,
+        state.c.profile_id.label("root"),
+        state.c.purpose,
+        state.c.status,
+        state.c.collected_at,
+        state.c.expires_at,
+        state.c.record_id,
         null().label("source"),
         null().label("source_event_id"),
-    ).where(_STATE.c.profile_id.in_(bindparam("roots", expanding=True))),
+    ]
+
+
+_MANY_SEEN_AND_STATE = union_all(
+    select(*_state_branch(_STATE)).where(_STATE.c.profile_id.in_(bindparam("roots", expanding=True))),
     select(
         literal("seen"),
         func.coalesce(_MEMBERS.c.merged_into_id, _MEMBERS.c.id),
@@ -602,17 +609,7 @@ def _postgresql_seen_and_state() -> Any:
         .lateral("seen")
     )
     return union_all(
-        select(
-            literal("state").label("kind"),
-            state.c.profile_id.label("root"),
-            state.c.purpose,
-            state.c.status,
-            state.c.collected_at,
-            state.c.expires_at,
-            state.c.record_id,
-            null().label("source"),
-            null().label("source_event_id"),
-        ).select_from(roots.join(state, true())),
+        select(*_state_branch(state)).select_from(roots.join(state, true())),
         # The roots' clusters only: a root's own rows and its merged members' (filtered here, not probed).
         select(
             literal("seen"),
