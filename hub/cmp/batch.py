@@ -73,7 +73,17 @@ from hub.consent.services import BatchNotApplicable, ConsentDecision, record_con
 from hub.db import Call, json_document, json_insert, json_recordset, pipelined
 from hub.encryption import FieldEncryptor
 from hub.profiles.identifiers import identifier_candidates
-from hub.profiles.services import LookupAhead, PreparedIdentity, Snapshot, lookup_ahead, prepare_identity, resolve_many
+from hub.profiles.services import (
+    LookupAhead,
+    PreparedIdentity,
+    Resolution,
+    Snapshot,
+    complete_many,
+    lookup_ahead,
+    plan_many,
+    prepare_identity,
+    resolve_many_deferring_new_people,
+)
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +508,10 @@ def _process(
             }
         )
 
-    profiles = _resolve(session, encryptor, settings, fresh, notes, now, looked_up)
+    # On PostgreSQL the batch's new people go with the consent lock (one round trip less), unless resolution writes
+    # anything else; a person who lost a race for an identifier sends the delivery one by one.
+    leading: list[tuple[Call, Callable[[list[Any]], None]]] | None = [] if looked_up is not None else None
+    profiles = _resolve(session, encryptor, settings, fresh, notes, now, looked_up, leading)
     decisions: list[ConsentDecision] = []
     decided: list[int] = []
     for index, item in fresh.items():
@@ -517,7 +530,7 @@ def _process(
         )
         decided.append(index)
     try:
-        written = record_consent_many(session, decisions, now=now, deferred=deferred)
+        written = record_consent_many(session, decisions, now=now, deferred=deferred, leading=leading or ())
     except BatchNotApplicable as error:
         raise _OneByOne(str(error), (decided[i] for i in error.decisions)) from None
     recorded = dict(zip(decided, written, strict=True))
@@ -722,6 +735,36 @@ def _store(session: Session, taken: Mapping[int, _Item]) -> tuple[dict[int, int]
     return dict(zip(taken, ids, strict=True)), _copies(taken, found, ids)
 
 
+def _resolve_source(
+    session: Session,
+    encryptor: FieldEncryptor,
+    settings: Settings,
+    prepared: Sequence[PreparedIdentity],
+    record_source: str,
+    now: datetime,
+    looked_up: Snapshot | None,
+    leading: list[tuple[Call, Callable[[list[Any]], None]]] | None,
+    members: Sequence[int],
+) -> list[Resolution]:
+    """``resolve_many`` for one source's deliveries (``members``: their indexes in the batch); with ``leading``
+    given, new people alone are not written here but added to it, with the check that sends the deliveries whose
+    person lost a race one by one."""
+    plan = plan_many(session, encryptor, prepared, settings=settings, now=now, looked_up=looked_up)
+    deferring = (
+        None if leading is None else resolve_many_deferring_new_people(encryptor, plan, settings=settings, now=now)
+    )
+    if deferring is None:
+        return complete_many(session, encryptor, plan, source=record_source, settings=settings, now=now)
+    resolutions, people = deferring
+
+    def check(rows: list[Any]) -> None:
+        if lost := people.lost(rows):
+            raise _OneByOne("new people lost a race for an identifier", (members[i] for i in lost))
+
+    leading.append((people.call, check))
+    return resolutions
+
+
 def _resolve(
     session: Session,
     encryptor: FieldEncryptor,
@@ -730,6 +773,7 @@ def _resolve(
     notes: dict[int, list[str]],
     now: datetime,
     looked_up: Snapshot | None,
+    leading: list[tuple[Call, Callable[[list[Any]], None]]] | None = None,
 ) -> dict[int, str | None]:
     """Each item's person (None: erased; nothing is recorded), resolved a source at a time (the merge journal
     names the source). Raises ``_OneByOne`` naming the subjects the one-by-one path answers otherwise (not
@@ -740,14 +784,16 @@ def _resolve(
     profiles: dict[int, str | None] = {}
     unsettled: list[int] = []
     for record_source, members in by_source.items():
-        resolutions = resolve_many(
+        resolutions = _resolve_source(
             session,
             encryptor,
+            settings,
             [items[i].prepared for i in members],
-            source=record_source,
-            settings=settings,
-            now=now,
-            looked_up=looked_up,
+            record_source,
+            now,
+            looked_up,
+            leading,
+            members,
         )
         for index, resolution in zip(members, resolutions, strict=True):
             if resolution.suppressed:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -637,19 +637,26 @@ def _acceptable(session: Session, decision: ConsentDecision, now: datetime) -> b
 
 
 def record_consent_many(
-    session: Session, decisions: Sequence[ConsentDecision], *, now: datetime, deferred: list[Call] | None = None
+    session: Session,
+    decisions: Sequence[ConsentDecision],
+    *,
+    now: datetime,
+    deferred: list[Call] | None = None,
+    leading: Sequence[tuple[Call, Callable[[list[Any]], None]]] = (),
 ) -> list[list[RecordedConsent]]:
     """What ``record_consent`` returns for each decision called in order, in four statements whatever the batch
     size: lock the roots (and count the purposes in the catalogue), read their projection and what their
     clusters hold for the batch's events, append the ledger rows, upsert the projection. On PostgreSQL the lock
     and the read go in one round trip (``hub.db.pipelined``; the read still starts once the lock is held), and
-    with ``deferred`` given the projection's upsert is appended to it instead of sent, for the caller to send with
-    its commit.
+    with ``deferred`` given the ledger and projection writes are appended to it instead of sent, for the caller to
+    send with its commit. ``leading`` (PostgreSQL): the caller's statements to send first, in the same round trip
+    (the decisions' new people, say), each with a check of its rows that runs before anything else and may raise.
 
     Raises ``BatchNotApplicable`` (nothing written) naming every decision ``record_consent`` would refuse or
     would follow to another profile; the caller records those one by one.
     """
     if not decisions:
+        _send_leading(session, leading, [])
         return []
     invalid = [index for index, decision in enumerate(decisions) if not _acceptable(session, decision, now)]
     if invalid:
@@ -678,8 +685,9 @@ def record_consent_many(
                 ]
             ),
         }
-        locked, found, drawn = pipelined(
+        locked, found, drawn = _send_leading(
             session,
+            leading,
             [
                 Call(_postgresql_lock_roots(), {"roots": documents["roots"], "names": documents["names"]}),
                 Call(_postgresql_seen_and_state(), {"roots": documents["roots"], "events": documents["events"]}),
@@ -757,6 +765,19 @@ def record_consent_many(
     else:
         _write_projection(session, projection, now)
     return recorded
+
+
+def _send_leading(
+    session: Session, leading: Sequence[tuple[Call, Callable[[list[Any]], None]]], calls: Sequence[Call]
+) -> list[list[Any]]:
+    """``leading`` and then ``calls`` in one round trip; the leading calls' checks run on their rows; the rows of
+    ``calls``."""
+    if not leading and not calls:
+        return []
+    results = pipelined(session, [*(call for call, _check in leading), *calls])
+    for (_call, check), rows in zip(leading, results, strict=False):
+        check(rows)
+    return results[len(leading) :]
 
 
 # Ledger ids drawn ahead of the rows (PostgreSQL's batch path): the column's own sequence, whatever its name.

@@ -732,6 +732,30 @@ def _create_new_people(
     concurrent writer created first is skipped instead of failing the transaction. The items that lost such a
     race get their rows deleted again and None (the caller resolves them in full).
     """
+    profiles, identities, results = _new_people_rows(encryptor, batch, policy, now)
+    inserted: set[tuple[str, str]] = set()
+    if session.get_bind().dialect.name == "postgresql":
+        [created] = pipelined(session, [_new_people_call(profiles, identities, now)])
+        inserted = {(row.kind, row.value_hash) for row in created}
+    else:
+        session.execute(insert(Profile.__table__), profiles)
+        if identities:
+            statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
+            rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
+            inserted = {(row.kind, row.value_hash) for row in rows}
+    lost = _lost_people(identities, inserted)
+    _undo_new_people(session, lost)
+    return [None if r.profile_id in lost else r for r in results]
+
+
+def _new_people_rows(
+    encryptor: FieldEncryptor,
+    batch: Sequence[tuple[PreparedIdentity, Sequence[IdentifierCandidate], Sequence[str]]],
+    policy: IdentityPolicy,
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Resolution]]:
+    """The new people's profile rows (by id) and identity rows (by kind and hash: the order concurrent batches
+    take the unique index in), and their resolutions, in the batch's order."""
     profiles: list[dict[str, Any]] = []
     identities: list[dict[str, Any]] = []
     results: list[Resolution] = []
@@ -743,9 +767,17 @@ def _create_new_people(
     # Core inserts on the tables, without the ORM's per-object bookkeeping.
     profiles.sort(key=lambda row: row["id"])
     identities.sort(key=lambda row: (row["kind"], row["value_hash"]))
-    inserted: set[tuple[str, str]] = set()
-    if session.get_bind().dialect.name == "postgresql":
-        params = {
+    return profiles, identities, results
+
+
+def _new_people_call(
+    profiles: Sequence[Mapping[str, Any]], identities: Sequence[Mapping[str, Any]], now: datetime
+) -> Call:
+    """PostgreSQL's one statement for new people (``_postgresql_new_people_insert``); it returns the identities
+    it inserted."""
+    return Call(
+        _postgresql_new_people_insert(),
+        {
             "profiles": json_document(
                 [{key: row[key] for key in ("id", "traits_encrypted", "region")} for row in profiles]
             ),
@@ -756,18 +788,51 @@ def _create_new_people(
                 ]
             ),
             "now": now,
-        }
-        [created] = pipelined(session, [Call(_postgresql_new_people_insert(), params)])
-        inserted = {(row.kind, row.value_hash) for row in created}
-    else:
-        session.execute(insert(Profile.__table__), profiles)
-        if identities:
-            statement = insert_ignoring_conflicts(session, Identity.__table__, ("kind", "value_hash"))
-            rows = session.execute(statement.returning(Identity.kind, Identity.value_hash), identities)
-            inserted = {(row.kind, row.value_hash) for row in rows}
-    lost = {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
-    _undo_new_people(session, lost)
-    return [None if r.profile_id in lost else r for r in results]
+        },
+    )
+
+
+_NEW_IDENTITY_KEYS = ("profile_id", "kind", "value_hash", "value_encrypted")
+
+
+def _lost_people(identities: Sequence[Mapping[str, Any]], inserted: Collection[tuple[str, str]]) -> set[str]:
+    """The new profiles that did not get one of their identities: a concurrent writer holds it."""
+    return {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
+
+
+@dataclass(frozen=True)
+class DeferredPeople:
+    """PostgreSQL: a batch's new people as one statement not yet sent (``call``, for ``hub.db.pipelined``, ahead
+    of whatever locks them), and the resolutions it gives if it inserts every identity. ``lost`` reads its rows:
+    the items (indexes in the batch) whose person lost a race for an identifier to a concurrent writer; their
+    resolutions do not hold, and the caller rolls its transaction back."""
+
+    call: Call
+    identities: tuple[Mapping[str, Any], ...]
+    items: Mapping[str, int]  # by new profile id, the item it was made for
+
+    def lost(self, rows: Sequence[Any]) -> set[int]:
+        inserted = {(row.kind, row.value_hash) for row in rows}
+        return {self.items[profile_id] for profile_id in _lost_people(self.identities, inserted)}
+
+
+def resolve_many_deferring_new_people(
+    encryptor: FieldEncryptor, plan: BatchPlan, *, settings: Settings, now: datetime
+) -> tuple[list[Resolution], DeferredPeople] | None:
+    """PostgreSQL: ``complete_many`` for a plan whose only writes are new people, with their statement left to
+    the caller (sent with its next statements: a round trip less); None when the plan writes anything else (the
+    caller completes it as usual). Equal to ``complete_many`` whenever ``DeferredPeople.lost`` finds nobody."""
+    if plan.slow_groups or not plan.new_people or plan.touch_ids(range(len(plan.items))):
+        return None
+    policy = identity_policy(settings.extra)
+    batch = [(plan.items[i], plan.usable[i][0], plan.usable[i][1]) for i in plan.new_people]
+    profiles, identities, created = _new_people_rows(encryptor, batch, policy, now)
+    results = list(plan.answers)
+    for index, resolution in zip(plan.new_people, created, strict=True):
+        results[index] = resolution
+    items = {resolution.profile_id: index for index, resolution in zip(plan.new_people, created, strict=True)}
+    deferred = DeferredPeople(_new_people_call(profiles, identities, now), tuple(identities), items)  # type: ignore[arg-type]
+    return [r for r in results if r is not None], deferred
 
 
 def _undo_new_people(session: Session, lost: Collection[str]) -> None:

@@ -8,7 +8,9 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select
 
 from hub.cmp.auth import sign_hmac
@@ -159,3 +161,58 @@ def test_back_to_back_batches_share_a_connection_and_quiet_holds_none(
         assert engine.pool.checkedout() == 0
     finally:
         engine.dispose()
+
+
+def test_new_people_go_with_the_consent_lock_and_a_lost_race_goes_one_by_one(
+    fresh_database: TestDatabase, settings: Settings, monkeypatch: Any
+) -> None:
+    """On PostgreSQL a batch's new people are written in the round trip that locks them for their consent. When
+    the look-up was stale (a concurrent writer created one of the people since), that person's insert is
+    skipped, the batch is taken again without the delivery, and it goes one by one, to the existing person."""
+    if fresh_database.backend != "postgresql":
+        pytest.skip("the new people's statement is sent with the lock on PostgreSQL (hub.db.pipelined)")
+    from hub.db import pipelined as real_pipelined
+    from hub.profiles import services as profiles
+
+    encryptor = FieldEncryptor(settings.encryption_keys)
+    sessions = make_sessionmaker(fresh_database.engine)
+    with sessions() as session:
+        create_source(
+            session, encryptor, name="race", adapter="generic", authenticator="hmac", secret=SECRET, now=utcnow()
+        )
+        session.commit()
+
+    round_trips: list[list[str]] = []
+
+    def counting(session: Any, calls: Any, **kwargs: Any) -> Any:
+        round_trips.append([str(call.statement).split()[0] for call in calls])
+        return real_pipelined(session, calls, **kwargs)
+
+    for module in ("hub.cmp.batch", "hub.consent.services", "hub.profiles.services"):
+        monkeypatch.setattr(f"{module}.pipelined", counting)
+
+    [answer] = process_batch(sessions, encryptor, settings, [delivery("new-1", "new@race.example", 1, "granted")])
+    assert answer is not None
+    assert answer.result == "processed"
+    # The inbox and the look-up; the new person, the lock, the read, the ids; the ledger, the projection.
+    assert len(round_trips) == 3, round_trips
+    assert round_trips[1][0] == "WITH"  # the new person's statement leads the lock's round trip
+
+    # A stale look-up: the batch believes new@race.example is new.
+    def stale(self: Any, results: Any) -> Any:
+        return profiles.Snapshot(held={}, suppressed=frozenset(), keys=self.keys)
+
+    monkeypatch.setattr(profiles.LookupAhead, "read", stale)
+    batch = [
+        delivery("again-1", "new@race.example", 2, "denied"),
+        delivery("other-1", "other@race.example", 3, "granted"),
+    ]
+    answers = process_batch(sessions, encryptor, settings, batch)
+    # The lost race: that delivery is left to one by one (None); the other is processed by the batch again.
+    assert answers[0] is None
+    assert answers[1] is not None
+    assert answers[1].result == "processed"
+    with sessions() as session:
+        people = session.scalars(select(Profile.id)).all()
+        assert len(people) == 2  # the person created twice was not kept
+        assert verify_projection(session) == []

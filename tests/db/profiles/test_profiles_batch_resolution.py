@@ -420,3 +420,32 @@ def test_a_look_up_that_misses_identifiers_is_not_used(
     results = resolve_many(db_session, encryptor, items, source="batch", settings=settings, now=SOON, looked_up=nothing)
     assert [r.created for r in results] == [False, False]
     assert all(r.profile_id is not None for r in results)
+
+
+def test_new_people_left_to_the_caller_resolve_as_complete_many(
+    db_session: Session, encryptor: FieldEncryptor, settings: Settings
+) -> None:
+    """``resolve_many_deferring_new_people`` (PostgreSQL: a CMP batch sends the statement with its consent lock)
+    gives what ``complete_many`` gives once its statement has run; a plan that writes anything else is left to
+    ``complete_many``."""
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("the new people's statement is sent by the caller on PostgreSQL (hub.db.pipelined)")
+    from hub.db import pipelined
+
+    seed(db_session, encryptor, settings)
+    mixed = services.plan_many(db_session, encryptor, prepared(settings, BATCH), settings=settings, now=SOON)
+    assert services.resolve_many_deferring_new_people(encryptor, mixed, settings=settings, now=SOON) is None
+
+    newcomers = [BATCH[3], BATCH[5], BATCH[6]]  # an unknown browser alone, and two new people
+    items = prepared(settings, newcomers)
+    plan = services.plan_many(db_session, encryptor, items, settings=settings, now=SOON)
+    with db_session.begin_nested() as reference_run:
+        own = services.complete_many(db_session, encryptor, plan, source="batch", settings=settings, now=SOON)
+        expected = state(db_session, encryptor, own)
+        reference_run.rollback()
+    deferring = services.resolve_many_deferring_new_people(encryptor, plan, settings=settings, now=SOON)
+    assert deferring is not None
+    resolutions, people = deferring
+    [rows] = pipelined(db_session, [people.call])
+    assert people.lost(rows) == set()
+    assert state(db_session, encryptor, resolutions) == expected  # new profile ids named by result
