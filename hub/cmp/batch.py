@@ -13,9 +13,10 @@ with the load and a lone delivery is processed at once (a batch of one); a batch
 it its database connection, and wakes it before its own deliveries' threads.
 
 On PostgreSQL a batch's statements are sent together (``hub.db.pipelined``), so the whole batch costs three round
-trips, four when it creates people: the BEGIN, the inbox statement and the identity look-up; the new people; the
-roots' lock, the read of their projection and events and the ledger ids drawn for the batch; the ledger rows, the
-projection and the COMMIT.
+trips: the BEGIN, the inbox statement and the identity look-up; the new people (when resolution writes nothing
+else), the roots' lock, the read of their projection and events and the ledger ids drawn for the batch; the ledger
+rows, the projection and the COMMIT. A new person who lost a race for an identifier to a concurrent writer sends
+that delivery one by one.
 
 The guarantee is unchanged: a delivery is answered only after its batch is committed, with the same answer the
 one-by-one path gives (``tests/web/cmp/test_cmp_batch.py`` compares the two), and a source's configuration as it

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from hub.cmp.auth import sign_hmac
 from hub.cmp.batch import Answer, Delivery, process_batch
@@ -42,14 +43,20 @@ def delivery(event: str, email: str, minute: int, status: str) -> Delivery:
     return Delivery("race", data, headers, "127.0.0.1", utcnow())
 
 
-def test_racing_batches_record_each_decision_once(fresh_database: TestDatabase, settings: Settings) -> None:
-    encryptor = FieldEncryptor(settings.encryption_keys)
-    sessions = make_sessionmaker(fresh_database.engine)
+def race_source(database: TestDatabase, encryptor: FieldEncryptor) -> sessionmaker[Session]:
+    """Sessions on ``database``, which holds the "race" source (generic, HMAC with ``SECRET``)."""
+    sessions = make_sessionmaker(database.engine)
     with sessions() as session:
         create_source(
             session, encryptor, name="race", adapter="generic", authenticator="hmac", secret=SECRET, now=utcnow()
         )
         session.commit()
+    return sessions
+
+
+def test_racing_batches_record_each_decision_once(fresh_database: TestDatabase, settings: Settings) -> None:
+    encryptor = FieldEncryptor(settings.encryption_keys)
+    sessions = race_source(fresh_database, encryptor)
 
     people = [f"p{n}@race.example" for n in range(6)]
     # Every batch holds the same new people; each event is delivered to two batches at once.
@@ -175,12 +182,7 @@ def test_new_people_go_with_the_consent_lock_and_a_lost_race_goes_one_by_one(
     from hub.profiles import services as profiles
 
     encryptor = FieldEncryptor(settings.encryption_keys)
-    sessions = make_sessionmaker(fresh_database.engine)
-    with sessions() as session:
-        create_source(
-            session, encryptor, name="race", adapter="generic", authenticator="hmac", secret=SECRET, now=utcnow()
-        )
-        session.commit()
+    sessions = race_source(fresh_database, encryptor)
 
     round_trips: list[list[str]] = []
 
