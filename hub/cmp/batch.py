@@ -792,10 +792,11 @@ def _resolve(
             [items[i].prepared for i in members],
             record_source,
             now,
-            looked_up,
-            leading,
+            looked_up,  # read before the batch wrote anything: only the first source's resolution may use it
+            leading if len(by_source) == 1 else None,  # with several, each source's writes precede the next's read
             members,
         )
+        looked_up = None
         for index, resolution in zip(members, resolutions, strict=True):
             if resolution.suppressed:
                 notes[index].append("the subject was erased; nothing recorded")

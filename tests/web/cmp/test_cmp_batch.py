@@ -458,3 +458,27 @@ def test_a_batch_keeps_each_raw_body_exactly(app: Flask, db_session: Session, en
     assert [item.event_key for item in items] == ["r1", "r2"]
     assert all(item.headers.get("remote_addr") == "10.0.0.7" for item in items)
     assert [item.received_at for item in items] == [delivery.received_at for delivery in batch]
+
+
+def test_a_batch_from_two_sources_finds_one_new_person_once(
+    app: Flask, db_session: Session, encryptor: FieldEncryptor
+) -> None:
+    # Each source's people are resolved in turn, each seeing what the one before wrote: a person new to hub whom
+    # both sources name in one batch is created once, and both decisions are recorded for them.
+    make_source(db_session, encryptor, "first", "generic", "hmac")
+    make_source(db_session, encryptor, "second", "generic", "hmac")
+    db_session.commit()
+    now = int(time.time())
+    batch = []
+    for source, minute in (("first", 10), ("second", 20)):
+        data = body(f"{source}-", "e1", f"2026-11-28T10:{minute}:00Z", {"email": "zoe@example.com"}, sale="denied")
+        data = data.replace(f"{source}-zoe".encode(), b"zoe")  # the same person from both sources
+        batch.append(Delivery(source, data, signed(data, now), "127.0.0.1", utcnow()))
+    answers = run_batch(app, batch)
+    assert [answer.result if answer else None for answer in answers] == ["processed", "processed"]
+    people = {answer.outcome.profile_id for answer in answers if answer and answer.outcome}
+    assert len(people) == 1
+    [person] = people
+    records = db_session.scalars(select(ConsentRecord).where(ConsentRecord.profile_id == person)).all()
+    assert sorted(r.source for r in records) == ["cmp:first", "cmp:second"]
+    assert verify_projection(db_session) == []
