@@ -221,6 +221,9 @@ def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
 class Call:
     """One statement of ``pipelined``: a Core statement, its parameters, and whether the driver may prepare it.
 
+    The statement is built once (a module constant, a cached builder): each is compiled on first use and kept for
+    the life of the process.
+
     ``prepared=False`` is for statements whose text varies with the length of a list (an expanding IN): psycopg
     would prepare each length after a few runs, and PostgreSQL then keeps, per connection, a generic plan made
     while the tables were small (and, without statistics, for good), such as a scan of a whole table where an
