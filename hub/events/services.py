@@ -7,10 +7,11 @@ the `user` values and the region), then plans the identities of all valid events
 * when resolution writes nothing (returning people, anonymous browsers, erased people — most traffic), the
   events are inserted with ON CONFLICT (event_id) DO NOTHING: no SAVEPOINT, no look-up of stored ids; a skipped
   event_id is a duplicate;
-* otherwise stored event_ids are looked up first, and resolution (`complete_many`: multi-row inserts) and the
-  insert run inside one SAVEPOINT. When a concurrent request stored one of the event_ids first, that SAVEPOINT is
-  rolled back and the events are stored again one SAVEPOINT each, so that event is reported as a duplicate and
-  never undoes the others. A deadlock or lock timeout rolls the SAVEPOINT back and retries the batch (bounded).
+* otherwise stored event_ids are looked up first, and resolution (`complete_many`: new people written together)
+  and the insert run inside one SAVEPOINT. When a concurrent request stored one of the event_ids first, that
+  SAVEPOINT is rolled back and the events are stored again one SAVEPOINT each, so that event is reported as a
+  duplicate and never undoes the others. A deadlock or lock timeout rolls the SAVEPOINT back and retries the batch
+  (bounded).
 
 The caller owns the commit (the request's single commit point): the API answers 202 only after that commit
 succeeded, so every "accepted" result is durable.
@@ -405,8 +406,8 @@ def _store_together(
     plan: BatchPlan | None = None,
 ) -> list[IngestResult]:
     """The batch path when resolution writes: the batch's identities resolved together (``plan_many`` and
-    ``complete_many``: one lookup, multi-row inserts, no SAVEPOINT per person), then every event inserted in one
-    multi-row statement, all in one SAVEPOINT. ``plan``: a plan read earlier in this transaction, still valid.
+    ``complete_many``: one lookup, new people written together, no SAVEPOINT per person), then every event
+    inserted in one statement, all in one SAVEPOINT. ``plan``: a plan read earlier in this transaction, still valid.
 
     Raises IntegrityError (with the SAVEPOINT rolled back, so nothing of the batch remains) when an event_id was
     taken concurrently; the caller then falls back to one SAVEPOINT per event. Per-event SAVEPOINTs cost two
