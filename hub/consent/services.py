@@ -663,18 +663,13 @@ def record_consent_many(
         raise BatchNotApplicable("decisions are invalid", invalid)
     roots = sorted({decision.profile_id for decision in decisions})
     names = sorted({purpose for decision in decisions for purpose in decision.purposes})
-    parameters = {
-        "roots": roots,
-        "sources": sorted({decision.source for decision in decisions}),
-        "event_ids": sorted({decision.source_event_id for decision in decisions}),
-    }
     found: Sequence[Any] | None = None
     allocated: list[int] = []
     postgresql_dialect = session.get_bind().dialect.name == "postgresql"
     if postgresql_dialect:
-        # The ledger ids are drawn here, as
-        # many as the batch could write, so that the ledger rows and the projection rows pointing at them can be
-        # sent together (and with the caller's commit); ids a batch does not use are gaps, as a rollback leaves.
+        # The ledger ids are drawn here, as many as the batch could write, so that the ledger rows and the
+        # projection rows pointing at them can be sent together (and with the caller's commit); ids a batch does
+        # not use are gaps, as a rollback leaves.
         documents = {
             "roots": json_document([{"id": root} for root in roots]),
             "names": json_document([{"name": name} for name in names]),
@@ -710,6 +705,11 @@ def record_consent_many(
     states: dict[str, dict[str, ConsentFact]] = {root: {} for root in roots}
     seen: set[tuple[str, str, str, str]] = set()
     if found is None:
+        parameters = {
+            "roots": roots,
+            "sources": sorted({decision.source for decision in decisions}),
+            "event_ids": sorted({decision.source_event_id for decision in decisions}),
+        }
         found = session.execute(_MANY_SEEN_AND_STATE, parameters).all()
     for row in found:
         if row.kind == "seen":
@@ -742,12 +742,8 @@ def record_consent_many(
     recorded: list[list[RecordedConsent]] = [[] for _ in decisions]
     if not rows:
         return recorded
-    if postgresql_dialect:
-        ids = allocated[: len(rows)]  # ascending in the rows' order, as an INSERT's own ids would be
-        calls = [Call(_postgresql_records_insert_with_ids(), {"rows": _records_document(rows, ids)})]
-    else:
-        ids = _insert_records(session, rows)
-        calls = []
+    # On PostgreSQL the ids drawn, ascending in the rows' order as an INSERT's own ids would be.
+    ids = allocated[: len(rows)] if postgresql_dialect else list(session.execute(_INSERT_RECORDS, rows).scalars())
     changed: dict[tuple[str, str], ConsentFact] = {}
     for record_id, row, owner in zip(ids, rows, owners, strict=True):
         record = RecordedConsent(id=record_id, **row)
@@ -755,15 +751,16 @@ def record_consent_many(
         for purpose, fact in _fold(states[record.profile_id], [record]).items():
             changed[(record.profile_id, purpose)] = fact
     projection = [(root, fact) for (root, _purpose), fact in sorted(changed.items())]
-    if postgresql_dialect:
-        # The ledger rows and the projection in one round trip, or with the caller's commit.
-        _write_projection(session, projection, now, calls)
-        if deferred is None:
-            pipelined(session, calls)
-        else:
-            deferred.extend(calls)
-    else:
+    if not postgresql_dialect:
         _write_projection(session, projection, now)
+        return recorded
+    # The ledger rows and the projection in one round trip, or with the caller's commit.
+    calls = [Call(_postgresql_records_insert(), {"rows": _records_document(rows, ids)})]
+    _write_projection(session, projection, now, calls)
+    if deferred is None:
+        pipelined(session, calls)
+    else:
+        deferred.extend(calls)
     return recorded
 
 
@@ -805,15 +802,6 @@ _RECORD_COLUMNS = (
 
 @functools.cache
 def _postgresql_records_insert() -> Any:
-    """``INSERT INTO consent_records ... SELECT ... FROM json_to_recordset(rows)``: one short statement for any
-    number of rows (see ``hub.db.json_recordset``), each row's id returned with its key."""
-    return json_insert(_RECORDS, _RECORD_COLUMNS, name="new_records").returning(
-        _RECORDS.c.id, _RECORDS.c.profile_id, _RECORDS.c.source, _RECORDS.c.source_event_id, _RECORDS.c.purpose
-    )
-
-
-@functools.cache
-def _postgresql_records_insert_with_ids() -> Any:
     """``INSERT INTO consent_records (id, ...) SELECT ... FROM json_to_recordset(rows)``, ids drawn beforehand
     (``_DRAW_RECORD_IDS``)."""
     return json_insert(_RECORDS, ("id", *_RECORD_COLUMNS), name="new_records")
@@ -822,18 +810,6 @@ def _postgresql_records_insert_with_ids() -> Any:
 def _records_document(rows: Sequence[Mapping[str, Any]], ids: Sequence[int]) -> str:
     pairs = zip(ids, rows, strict=True)
     return json_document([{"id": id_, **{name: row[name] for name in _RECORD_COLUMNS}} for id_, row in pairs])
-
-
-def _insert_records(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert ledger rows (unique by profile, source, event id and purpose); their ids, in the rows' order."""
-    if session.get_bind().dialect.name != "postgresql":
-        return list(session.execute(_INSERT_RECORDS, list(rows)).scalars())
-    document = json_document([{name: row[name] for name in _RECORD_COLUMNS} for row in rows])
-    ids = {
-        (row.profile_id, row.source, row.source_event_id, row.purpose): row.id
-        for row in session.execute(_postgresql_records_insert(), {"rows": document})
-    }
-    return [ids[(row["profile_id"], row["source"], row["source_event_id"], row["purpose"])] for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -792,9 +792,6 @@ def _new_people_call(
     )
 
 
-_NEW_IDENTITY_KEYS = ("profile_id", "kind", "value_hash", "value_encrypted")
-
-
 def _lost_people(identities: Sequence[Mapping[str, Any]], inserted: Collection[tuple[str, str]]) -> set[str]:
     """The new profiles that did not get one of their identities: a concurrent writer holds it."""
     return {row["profile_id"] for row in identities if (row["kind"], row["value_hash"]) not in inserted}
