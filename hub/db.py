@@ -6,7 +6,9 @@ the single commit point.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import sqlite3
 import uuid
 from collections import namedtuple
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from psycopg.pq import ExecStatus
+from psycopg.adapt import Transformer
+from psycopg.pq import ExecStatus, TransactionStatus
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -40,6 +43,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from hub import libpq_pipeline
 
 # Stable constraint names so Alembic can alter/drop them on both databases.
 NAMING_CONVENTION = {
@@ -219,15 +224,16 @@ def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class Call:
-    """One statement of ``pipelined``: a Core statement, its parameters, and whether the driver may prepare it.
+    """One statement of ``pipelined``: a Core statement, its parameters, and whether it is prepared.
 
     The statement is built once (a module constant, a cached builder): each is compiled on first use and kept for
-    the life of the process.
+    the life of the process. A prepared statement is prepared on the connection on its first run and kept there
+    (``hub.libpq_pipeline``); none is where psycopg is set to prepare nothing (``prepare_threshold=None``).
 
-    ``prepared=False`` is for statements whose text varies with the length of a list (an expanding IN): psycopg
-    would prepare each length after a few runs, and PostgreSQL then keeps, per connection, a generic plan made
-    while the tables were small (and, without statistics, for good), such as a scan of a whole table where an
-    index probe is meant. Planning each time costs far less than one such scan."""
+    ``prepared=False`` is for statements whose text varies with the length of a list (an expanding IN): each length
+    would be prepared, and PostgreSQL then keeps, per connection, a generic plan made while the tables were small
+    (and, without statistics, for good), such as a scan of a whole table where an index probe is meant. Planning
+    each time costs far less than one such scan."""
 
     statement: Any
     parameters: Mapping[str, Any]
@@ -236,7 +242,8 @@ class Call:
 
 @dataclass
 class _DriverStatement:
-    compiled: Any
+    compiled: Any  # compiled with $n placeholders, the parameters in ``compiled.positiontup`` order
+    sql: bytes  # the text, for a statement whose text does not depend on its parameters
     binds: dict[str, Callable[[Any], Any]]  # by parameter name, the column types' bind processing
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]  # result columns with a type's processing
     expanding: bool  # whether the text depends on the parameters (an expanding IN)
@@ -244,6 +251,20 @@ class _DriverStatement:
 
 
 _DRIVER_STATEMENTS: dict[tuple[int, tuple[str, ...]], tuple[Any, _DriverStatement]] = {}
+_POSITIONAL_DIALECTS: dict[int, tuple[Any, Any]] = {}
+
+
+def _positional(dialect: Any) -> Any:
+    """``dialect`` rendering libpq's own placeholders ($1, $2, ...): statements go to libpq as they are compiled,
+    with nothing for the driver to rewrite."""
+    found = _POSITIONAL_DIALECTS.get(id(dialect))
+    if found is not None and found[0] is dialect:
+        return found[1]
+    positional = copy.copy(dialect)
+    positional.paramstyle, positional.positional = "numeric_dollar", True
+    positional.identifier_preparer = positional.preparer(positional)  # it decides whether % is doubled
+    _POSITIONAL_DIALECTS[id(dialect)] = (dialect, positional)
+    return positional
 
 
 def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _DriverStatement:
@@ -254,7 +275,7 @@ def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _
     found = _DRIVER_STATEMENTS.get(key)
     if found is not None and found[0] is statement:
         return found[1]
-    compiled = statement.compile(dialect=dialect, column_keys=list(names))
+    compiled = statement.compile(dialect=_positional(dialect), column_keys=list(names))
     if compiled.insert_prefetch or compiled.update_prefetch:
         # Column defaults computed in Python are the session's work; here every value must be given.
         raise ValueError(f"pipelined statements take every column's value: {statement}")
@@ -262,6 +283,7 @@ def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _
     columns = getattr(statement, "exported_columns", ())
     prepared = _DriverStatement(
         compiled=compiled,
+        sql=compiled.string.encode(),
         binds={name: process for name, process in binds.items() if process is not None},
         converters=tuple(
             (index, process)
@@ -274,36 +296,49 @@ def _driver_statement(statement: Any, dialect: Any, names: tuple[str, ...]) -> _
     return prepared
 
 
-def _rows(prepared: _DriverStatement, cursor: Any) -> list[Any]:
-    # Read off the result itself: the cursor's description builds an object per column at every access.
-    result = cursor.pgresult
+def _rows(prepared: _DriverStatement, result: Any, loader: Transformer) -> list[Any]:
     if result is None or result.status != ExecStatus.TUPLES_OK:
         return []
     if prepared.row is None:
         names = [result.fname(index).decode() for index in range(result.nfields)]
         prepared.row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
     make, converters = prepared.row._make, prepared.converters
+    loader.set_pgresult(result)
     if not converters:
-        return [make(values) for values in cursor.fetchall()]
+        return loader.load_rows(0, result.ntuples, make)
     rows = []
-    for values in cursor.fetchall():
-        converted = list(values)
+    for values in loader.load_rows(0, result.ntuples, list):
         for index, process in converters:
-            converted[index] = process(converted[index])
-        rows.append(make(converted))
+            values[index] = process(values[index])
+        rows.append(make(values))
     return rows
+
+
+class PipelinedCursor:
+    """What statement listeners get as the cursor of a pipelined statement (there is no driver cursor): its
+    ``rowcount`` and libpq result (``pgresult``), once the result is in."""
+
+    def __init__(self) -> None:
+        self.pgresult: Any = None
+
+    @property
+    def rowcount(self) -> int:
+        tuples = None if self.pgresult is None else self.pgresult.command_tuples
+        return -1 if tuples is None else tuples
 
 
 def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) -> list[list[Any]]:
     """PostgreSQL only: run ``calls`` in the session's transaction in one round trip, in order (libpq's pipeline
-    mode), and commit after them when ``commit`` is set; each call's rows (named tuples, with the column types'
-    result processing), in the calls' order.
+    mode, ``hub.libpq_pipeline``), and commit after them when ``commit`` is set; each call's rows (named tuples,
+    with the column types' result processing), in the calls' order.
 
     A transaction's BEGIN goes with its first statement, and a commit with its last writes: where every round trip
     waits for the server and then for this process's threads, they are what a short transaction's time goes to.
     Statements wait for those before them on the server as they would one by one (a read after a lock sees what
     the lock waited for). An error stops the rest and is raised as SQLAlchemy raises the driver's errors
-    (``IntegrityError``, ``OperationalError``, ...); the caller rolls back, as for any failed statement.
+    (``IntegrityError``, ``OperationalError``, ...); the caller rolls back, as for any failed statement. Statement
+    listeners (``before_cursor_execute``, ``after_cursor_execute``) see each statement with its positional
+    parameters and a ``PipelinedCursor``.
 
     After ``commit`` the session's own commit sends nothing (the driver skips COMMIT outside a transaction);
     nothing may be pending in the session's unit of work then, and the session must have begun the transaction
@@ -312,23 +347,34 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
         raise RuntimeError("pipelined(commit=True) with objects pending in the session")
     connection = session.connection()
     dialect = connection.dialect
-    driver = connection.connection.driver_connection
-    sent: list[tuple[_DriverStatement, Any, str, dict[str, Any]]] = []
+    fairy = connection.connection
+    driver = fairy.driver_connection
+    names = _prepared_names(connection, fairy.info, driver)
+    # psycopg's own setting: no prepared statements at all (a transaction-pooling proxy in front of the server).
+    may_prepare = driver.prepare_threshold is not None
+    sent = [_statement(connection, call, may_prepare) for call in calls]
+    listening = bool(connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute)
+    cursors = [PipelinedCursor() for _call in calls] if listening else []
+    if connection.dispatch.before_cursor_execute:
+        for cursor, (_prepared, command, sql) in zip(cursors, sent, strict=True):
+            connection.dispatch.before_cursor_execute(connection, cursor, sql, command.values, None, False)
+    begin = not driver.autocommit and driver.info.transaction_status == TransactionStatus.IDLE
     try:
-        with driver.pipeline():
-            for call in calls:
-                sent.append(_send(connection, driver, call))
-            if commit and not connection.in_nested_transaction():
-                driver.commit()
+        results = libpq_pipeline.run(
+            driver,
+            [command for _prepared, command, _sql in sent],
+            names,
+            begin=begin,
+            commit=commit and not connection.in_nested_transaction(),
+        )
     except dialect.loaded_dbapi.Error as error:
         # Raised as SQLAlchemy raises a driver's errors, so callers' handling (IntegrityError, a lock conflict's
         # retry, a lost connection) is the same as for the session's own statements.
-        invalidated = dialect.is_disconnect(error, connection.connection, None)
+        invalidated = dialect.is_disconnect(error, fairy, None)
         if invalidated:
             connection.invalidate(error)
-        statements = "; ".join(sql for _prepared, _cursor, sql, _parameters in sent)
         raise DBAPIError.instance(
-            statements,
+            "; ".join(sql for _prepared, _command, sql in sent),
             None,
             error,
             dialect.loaded_dbapi.Error,
@@ -336,28 +382,79 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
             connection_invalidated=invalidated,
             dialect=dialect,
         ) from error
-    results = []
-    for prepared, cursor, sql, parameters in sent:
-        results.append(_rows(prepared, cursor))
+    loader = Transformer(driver)
+    rows = [_rows(prepared, result, loader) for (prepared, _command, _sql), result in zip(sent, results, strict=True)]
+    for cursor, result, (_prepared, command, sql) in zip(cursors, results, sent, strict=listening):
+        cursor.pgresult = result
         if connection.dispatch.after_cursor_execute:
-            connection.dispatch.after_cursor_execute(connection, cursor, sql, parameters, None, False)
-        cursor.close()
-    return results
+            connection.dispatch.after_cursor_execute(connection, cursor, sql, command.values, None, False)
+    return rows
 
 
-def _send(connection: Any, driver: Any, call: Call) -> tuple[_DriverStatement, Any, str, dict[str, Any]]:
-    """Queue one call in the driver's pipeline, with its types' bind processing; its statement, cursor and text."""
+_PREPARED = "hub.prepared"  # the key of a connection's ``PreparedNames`` in its SQLAlchemy ``info``
+
+
+def _prepared_names(connection: Any, info: dict[Any, Any], driver: Any) -> libpq_pipeline.PreparedNames:
+    """The statements ``pipelined`` has prepared on the connection (kept with the driver connection they belong to;
+    SQLAlchemy drops ``info`` with the connection)."""
+    kept = info.get(_PREPARED)
+    if kept is None or kept[0] is not driver:
+        engine = connection.engine
+        if not event.contains(engine, "rollback", _before_rollback):
+            event.listen(engine, "rollback", _before_rollback)
+            event.listen(engine, "reset", _before_reset)
+            event.listen(engine, "after_cursor_execute", _after_statement)
+        kept = info[_PREPARED] = (driver, libpq_pipeline.PreparedNames())
+    return kept[1]
+
+
+# psycopg deallocates every prepared statement of the connection when it holds some of its own and rolls back a
+# transaction, or runs a statement that may have dropped what a plan refers to (its own test: a result's command
+# status starts with one of these words). The connection's names are then marked stale, to be checked by its next
+# pipeline; here by the statement's text: its first word, or any word of a text of several statements (a search of
+# every statement's whole text would cost more than the statements it watches over).
+_DISCARD_WORDS = ("DROP", "ALTER", "ROLLBACK", "DISCARD", "DEALLOCATE")
+_DISCARDS = re.compile(r"\b(?:DROP|ALTER|ROLLBACK|DISCARD|DEALLOCATE)\b", re.IGNORECASE).search
+
+
+def _mark_stale(info: dict[Any, Any], driver: Any) -> None:
+    kept = info.get(_PREPARED)
+    if kept is not None and kept[0] is driver:
+        kept[1].stale = True
+
+
+def _before_rollback(connection: Any) -> None:
+    # SQLAlchemy's rollback event comes before the driver's rollback (an idle connection's rollback sends
+    # nothing); an invalidated connection has no driver connection left, and asking for one would reconnect.
+    if not connection.invalidated and not connection.closed:
+        fairy = connection.connection
+        if fairy.driver_connection.info.transaction_status != TransactionStatus.IDLE:
+            _mark_stale(fairy.info, fairy.driver_connection)
+
+
+def _before_reset(dbapi_connection: Any, record: Any, _state: Any) -> None:
+    # The pool's reset of a returned connection (a rollback) comes before the driver's rollback too.
+    if record is not None and dbapi_connection.info.transaction_status != TransactionStatus.IDLE:
+        _mark_stale(record.info, dbapi_connection)
+
+
+def _after_statement(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    if statement[:64].lstrip()[:10].upper().startswith(_DISCARD_WORDS) or (";" in statement and _DISCARDS(statement)):
+        fairy = connection.connection
+        _mark_stale(fairy.info, fairy.driver_connection)
+
+
+def _statement(connection: Any, call: Call, may_prepare: bool) -> tuple[_DriverStatement, libpq_pipeline.Command, str]:
+    """One call as libpq takes it, with its types' bind processing: its statement, command and text."""
     prepared = _driver_statement(call.statement, connection.dialect, tuple(sorted(call.parameters)))
     if prepared.expanding:
         state = prepared.compiled.construct_expanded_state(dict(call.parameters))
-        sql, values = state.statement, state.parameters
+        sql, values, order = state.statement, state.parameters, state.positiontup
         process = {**prepared.binds, **state.processors}  # the latter: an expanded list's items
+        text = sql.encode()
     else:
-        sql, process = prepared.compiled.string, prepared.binds
-        values = prepared.compiled.construct_params(call.parameters)
-    parameters = {name: (process[name](value) if name in process else value) for name, value in values.items()}
-    cursor = driver.cursor()
-    if connection.dispatch.before_cursor_execute:  # statement listeners see these too (after: once results are in)
-        connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, False)
-    cursor.execute(sql, parameters, prepare=None if call.prepared else False)
-    return prepared, cursor, sql, parameters
+        sql, text, process = prepared.compiled.string, prepared.sql, prepared.binds
+        values, order = prepared.compiled.construct_params(call.parameters), prepared.compiled.positiontup
+    positional = [process[name](values[name]) if name in process else values[name] for name in order]
+    command = libpq_pipeline.Command(text, positional, prepare=call.prepared and may_prepare)
+    return prepared, command, sql

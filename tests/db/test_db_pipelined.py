@@ -188,7 +188,7 @@ def test_python_side_defaults_are_refused(postgresql_session: Session) -> None:
 
 
 def test_only_calls_marked_prepared_are_prepared(postgresql_session: Session) -> None:
-    # psycopg prepares a statement on its sixth run; an unprepared call is planned for its values every time.
+    # A marked call is prepared on its first run and kept; an unprepared call is planned for its values every time.
     session = postgresql_session
     for _run in range(8):
         pipelined(
@@ -215,3 +215,103 @@ def test_a_lock_conflict_is_one_as_callers_know_it(postgresql_engine: TestDataba
         assert is_lock_conflict(raised.value)
         session.rollback()
         holder.rollback()
+
+
+# -- prepared statements: hub's own, on a connection psycopg also prepares on ------------------------------------
+
+OWN_PREPARED = text("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '\\_hub\\_%'")
+OWN_RUNS = text(
+    "SELECT coalesce(sum(generic_plans + custom_plans), 0) FROM pg_prepared_statements WHERE name LIKE '\\_hub\\_%'"
+)
+SOURCE_BY_ID = select(_SOURCES.c.name).where(_SOURCES.c.id == bindparam("id"))
+
+
+def psycopg_prepares_its_own(session: Session) -> None:
+    # psycopg prepares a statement on its sixth run; holding prepared statements of its own is what makes it
+    # deallocate all of them (hub's too) on a rollback or after a DROP or ALTER.
+    for _run in range(6):
+        session.execute(PROFILE, {"id": "p-none"})
+
+
+def pipeline_works(session: Session) -> None:
+    [[(count,)]] = pipelined(session, [Call(COUNT_SOURCES, {})])
+    [found] = pipelined(session, [Call(PROFILE, {"id": "p-none"})])
+    assert found == []
+    assert isinstance(count, int)
+
+
+@pytest.fixture
+def one_connection(postgresql_engine: TestDatabase) -> Any:
+    engine = create_db_engine(postgresql_engine.url, pool_size=1, max_overflow=0)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "discard",
+    [
+        pytest.param(lambda session: session.rollback(), id="rollback"),
+        pytest.param(lambda session: session.begin_nested().rollback(), id="rollback-to-savepoint"),
+        pytest.param(
+            lambda session: session.execute(text("CREATE TEMP TABLE t (a int); DROP TABLE t")), id="drop-table"
+        ),
+    ],
+)
+def test_prepared_statements_survive_what_makes_psycopg_deallocate(one_connection: Any, discard: Any) -> None:
+    with Session(one_connection) as session:
+        pipeline_works(session)  # hub's statements are prepared
+        session.commit()
+        psycopg_prepares_its_own(session)
+        discard(session)  # psycopg deallocates everything
+        pipeline_works(session)  # the names are checked, the statements run unprepared...
+        session.commit()
+        runs = session.execute(OWN_RUNS).scalar_one()
+        pipeline_works(session)  # ... and are prepared again
+        assert session.execute(OWN_PREPARED).scalar_one() == 2
+        assert session.execute(OWN_RUNS).scalar_one() == runs + 2
+
+
+def test_prepared_statements_survive_a_returned_connection_reset(one_connection: Any) -> None:
+    with Session(one_connection) as session:
+        pipeline_works(session)
+        session.commit()
+        psycopg_prepares_its_own(session)
+    # The session ended with its transaction open: the pool rolled the connection back as it took it back.
+    with Session(one_connection) as session:
+        pipeline_works(session)
+        pipeline_works(session)
+        assert session.execute(OWN_PREPARED).scalar_one() == 2
+
+
+def test_an_idle_rollback_keeps_the_names(one_connection: Any) -> None:
+    with Session(one_connection) as session:
+        pipeline_works(session)
+        session.commit()
+        psycopg_prepares_its_own(session)
+        runs = session.execute(OWN_RUNS).scalar_one()
+        session.commit()
+        session.rollback()  # nothing to roll back: psycopg sends nothing, and hub's names stay in use
+        pipeline_works(session)
+        assert session.execute(OWN_RUNS).scalar_one() == runs + 2
+
+
+def test_each_statement_is_prepared_once_per_parameter_types(one_connection: Any) -> None:
+    with Session(one_connection) as session:
+        # psycopg sends small and large integers as different types: each gets its own prepared statement.
+        for value in (1, 2, 70_000, 2**40, 3):
+            assert pipelined(session, [Call(SOURCE_BY_ID, {"id": value})]) == [[]]
+        assert session.execute(OWN_PREPARED).scalar_one() == 3
+
+
+def test_nothing_is_prepared_where_psycopg_prepares_nothing(postgresql_engine: TestDatabase) -> None:
+    # prepare_threshold=None: the setting for a transaction-pooling proxy, where prepared statements do not last.
+    engine = create_db_engine(postgresql_engine.url, connect_args={"prepare_threshold": None})
+    try:
+        with Session(engine) as session:
+            for _run in range(3):
+                pipeline_works(session)
+            assert session.execute(OWN_PREPARED).scalar_one() == 0
+    finally:
+        engine.dispose()

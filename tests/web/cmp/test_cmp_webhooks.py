@@ -542,9 +542,10 @@ def test_a_delivery_is_one_unit_of_work(
         # The source's check (the request thread prepared the delivery with the source as first read), the raw
         # body and the look-up of earlier copies are one statement.
         # The ledger ids are drawn with the lock; the lock and the read probe each key (their PostgreSQL forms).
-        draw = "SELECT nextval(pg_get_serial_sequence(%(param_1)s::VARCHAR, %(param_2)s::VARCHAR))"
-        lock, read = "SELECT root.id, root.merged_into_id,", "SELECT %(param_1)s::VARCHAR AS"
-        assert statements == ["WITH inserted AS", expected[2], lock, read, draw, *expected[5:]]
+        # These statements go to libpq as compiled, with its own placeholders.
+        draw = "SELECT nextval(pg_get_serial_sequence($1::VARCHAR, $2::VARCHAR))"
+        lookup, lock, read = "SELECT $1::VARCHAR AS", "SELECT root.id, root.merged_into_id,", "SELECT $1::VARCHAR AS"
+        assert statements == ["WITH inserted AS", lookup, lock, read, draw, *expected[5:]]
     else:  # SQLite's driver inserts the ledger rows one at a time, and renders parameters as "?"
         assert [s.split()[0] for s in statements if not s.startswith("INSERT INTO consent_records")] == [
             e.split()[0] for e in expected if not e.startswith("INSERT INTO consent_records")
