@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import bindparam, event, insert, select, text
+from sqlalchemy import String, bindparam, event, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -315,3 +315,26 @@ def test_nothing_is_prepared_where_psycopg_prepares_nothing(postgresql_engine: T
             assert session.execute(OWN_PREPARED).scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def test_a_pipeline_larger_than_the_socket_buffers(postgresql_session: Session) -> None:
+    # Several megabytes each way: libpq cannot send it all at once, and the server answers the first statements
+    # while the last are still being sent; reading meanwhile keeps both sides moving.
+    echo = select(bindparam("blob", type_=String).label("blob"))
+    blobs = [f"{index:06d}" + "x" * 250_000 for index in range(24)]
+    results = pipelined(postgresql_session, [Call(echo, {"blob": blob}) for blob in blobs])
+    assert [row.blob for [row] in results] == blobs
+
+
+def test_a_lost_connection_is_invalidated(postgresql_engine: TestDatabase) -> None:
+    sessions = make_sessionmaker(postgresql_engine.engine)
+    with sessions() as session:
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with postgresql_engine.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(OperationalError) as raised:
+            pipelined(session, [Call(COUNT_SOURCES, {})])
+        assert raised.value.connection_invalidated
+        session.rollback()
+        # The session goes on, on a new connection.
+        assert session.execute(COUNT_SOURCES).scalar_one() >= 0
