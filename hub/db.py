@@ -353,7 +353,9 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
     # psycopg's own setting: no prepared statements at all (a transaction-pooling proxy in front of the server).
     may_prepare = driver.prepare_threshold is not None
     sent = [_statement(connection, call, may_prepare) for call in calls]
-    listening = bool(connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute)
+    # One "after" listener is hub's own (``_after_statement``, registered by ``_prepared_names``), which these
+    # statements need not be shown: they drop nothing.
+    listening = bool(connection.dispatch.before_cursor_execute) or len(connection.dispatch.after_cursor_execute) > 1
     cursors = [PipelinedCursor() for _call in calls] if listening else []
     if connection.dispatch.before_cursor_execute:
         for cursor, (_prepared, command, sql) in zip(cursors, sent, strict=True):

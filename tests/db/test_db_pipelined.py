@@ -338,3 +338,20 @@ def test_a_lost_connection_is_invalidated(postgresql_engine: TestDatabase) -> No
         session.rollback()
         # The session goes on, on a new connection.
         assert session.execute(COUNT_SOURCES).scalar_one() >= 0
+
+
+def test_an_after_listener_alone_sees_the_statements(postgresql_session: Session) -> None:
+    # hub keeps an "after" listener of its own on the engine; one more is somebody's, and is shown every statement.
+    session = postgresql_session
+    seen: list[str] = []
+    connection = session.connection()
+
+    def after(_conn: object, cursor: Any, statement: str, *_args: object) -> None:
+        seen.append(f"{statement.split()[0]} {cursor.rowcount}")
+
+    event.listen(connection, "after_cursor_execute", after)
+    try:
+        pipelined(session, [Call(COUNT_SOURCES, {}), Call(ADD_SOURCE, source("pipe-after"))])
+    finally:
+        event.remove(connection, "after_cursor_execute", after)
+    assert seen == ["SELECT 1", "INSERT 1"]
