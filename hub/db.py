@@ -362,7 +362,7 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
             [command for _prepared, command, _sql in sent],
             names,
             begin=begin,
-            commit=commit and not connection.in_nested_transaction(),
+            commit=commit and not driver.autocommit and not connection.in_nested_transaction(),
         )
     except dialect.loaded_dbapi.Error as error:
         # Raised as SQLAlchemy raises a driver's errors, so callers' handling (IntegrityError, a lock conflict's

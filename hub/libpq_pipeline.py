@@ -120,8 +120,10 @@ def run(
             pgconn.pipeline_sync()
             _flush(pgconn)
             results = _read(pgconn)
-        finally:
-            _leave(pgconn)
+        except BaseException:
+            _abandon(pgconn)
+            raise
+        pgconn.exit_pipeline_mode()
     if len(results) != sent:
         raise errors.InternalError(f"the pipeline returned {len(results)} results for {sent} commands")
     for slot, key, name in parses:
@@ -186,13 +188,9 @@ def _read(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult | None]:
             current = result  # one result per command: a command's text holds one statement
 
 
-def _leave(pgconn: pq.abc.PGconn) -> None:
-    # A failure while sending or reading (a lost connection) can leave results behind; the connection is then
-    # unusable and its owner invalidates it, so only a connection that is still fine must leave cleanly.
-    if pgconn.pipeline_status == pq.PipelineStatus.OFF:
-        return
-    try:
-        pgconn.exit_pipeline_mode()
-    except errors.OperationalError:
-        if pgconn.status == pq.ConnStatus.OK:
-            raise
+def _abandon(pgconn: pq.abc.PGconn) -> None:
+    """A pipeline cut short (the connection lost, an interrupt while waiting for the server) leaves the protocol
+    where nothing can take it up again: the connection is closed, so that its owner finds it lost (SQLAlchemy then
+    replaces it) instead of sending more on it."""
+    if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        pgconn.finish()

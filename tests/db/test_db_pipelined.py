@@ -3,6 +3,7 @@ own ``execute`` reads, in order, with the same errors and the same transaction."
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -355,3 +356,44 @@ def test_an_after_listener_alone_sees_the_statements(postgresql_session: Session
     finally:
         event.remove(connection, "after_cursor_execute", after)
     assert seen == ["SELECT 1", "INSERT 1"]
+
+
+def test_on_an_autocommit_connection_nothing_is_begun_or_committed(postgresql_engine: TestDatabase) -> None:
+    engine = create_db_engine(postgresql_engine.url, isolation_level="AUTOCOMMIT")
+    notices: list[str] = []
+    try:
+        with Session(engine) as session:
+            driver = session.connection().connection.driver_connection
+            driver.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary or ""))
+            pipelined(session, [Call(ADD_SOURCE, source("pipe-autocommit"))], commit=True)
+            assert driver_status(session) == TransactionStatus.IDLE
+        with engine.connect() as other:
+            assert other.execute(BY_NAMES, {"names": ["pipe-autocommit"]}).one().name == "pipe-autocommit"
+        assert notices == []  # no "there is no transaction in progress"
+    finally:
+        engine.dispose()
+
+
+def test_a_pipeline_cut_short_closes_its_connection(
+    postgresql_engine: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interrupt while waiting for the server leaves results nobody will read: the connection must not be used
+    # again as if nothing had happened.
+    from hub import libpq_pipeline
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    sessions = make_sessionmaker(postgresql_engine.engine)
+    with sessions() as session:
+        driver = session.connection().connection.driver_connection
+        monkeypatch.setattr(libpq_pipeline, "_wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pipelined(session, [Call(text("SELECT pg_sleep(0.2)"), {})])
+        monkeypatch.undo()
+        assert driver.closed
+        with contextlib.suppress(OperationalError):  # rolling back a closed connection may say so
+            session.rollback()
+    # The pool hands out a working connection next.
+    with sessions() as session:
+        assert session.execute(COUNT_SOURCES).scalar_one() >= 0
