@@ -11,10 +11,11 @@ Prepared statements are named by this module (``_hub_<n>``, never psycopg's ``_p
 in a ``PreparedNames`` the caller holds for the connection's life (``hub.db`` keeps it in SQLAlchemy's connection
 ``info``, which is dropped with the connection). A statement is prepared on its first run: PostgreSQL's plan cache
 chooses between custom and generic plans the same way whenever that happens. It is recorded only once the server
-has accepted it, so a pipeline that fails before the server got to it leaves nothing wrong behind. A rollback may
-drop them all (psycopg sends ``DEALLOCATE ALL`` after a rollback when it holds prepared statements of its own): the
-caller marks the names ``stale`` then, and the next pipeline runs its statements unprepared and reads back which
-of the connection's statements the server still has.
+has accepted it, so a pipeline that fails before the server got to it leaves nothing wrong behind. psycopg may
+drop them all: it sends ``DEALLOCATE ALL`` when it holds prepared statements of its own and rolls back, or runs a
+statement that may have dropped what a plan refers to (DROP, ALTER, ROLLBACK TO SAVEPOINT, ...). The caller marks
+the names ``stale`` then, and the next pipeline runs its statements unprepared and reads back which of the
+connection's statements the server still has.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ _Key = tuple[bytes, tuple[int, ...]]  # a statement's text and its parameters' t
 @dataclass
 class PreparedNames:
     """A connection's prepared statements, by text and parameter types; kept for the connection's life.
-    ``stale``: the server may have dropped some (after a rollback); the next pipeline finds out which."""
+    ``stale``: the server may have dropped some (``hub.db`` marks it); the next pipeline finds out which."""
 
     names: dict[_Key, bytes] = field(default_factory=dict)
     stale: bool = False
-    keys: dict[bytes, _Key] = field(default_factory=dict)  # every name this connection has prepared
+    keys: dict[bytes, _Key] = field(default_factory=dict)  # the names the server may still have
     counter: Iterator[int] = field(default_factory=itertools.count)
 
     def confirm(self, key: _Key, name: bytes) -> None:
@@ -61,7 +62,8 @@ class PreparedNames:
         self.keys[name] = key
 
     def resync(self, present: Iterable[bytes]) -> None:
-        self.names = {self.keys[name]: name for name in present if name in self.keys}
+        self.keys = {name: self.keys[name] for name in present if name in self.keys}
+        self.names = {key: name for name, key in self.keys.items()}
         self.stale = False
 
 
@@ -73,9 +75,9 @@ def run(
     driver: Connection[Any], commands: Sequence[Command], prepared: PreparedNames, *, begin: bool, commit: bool
 ) -> list[pq.abc.PGresult | None]:
     """Send ``commands`` in one pipeline (``begin``: a BEGIN first, as psycopg would start the transaction;
-    ``commit``: a COMMIT last) and return each command's result (None for one that returns nothing, such as a
-    plain command whose result libpq gives as an empty list). The first failure is raised as psycopg raises it
-    (the statements after it are skipped by the server); the connection leaves pipeline mode either way."""
+    ``commit``: a COMMIT last) and return each command's result. The first failure is raised as psycopg raises it
+    (the statements after it are skipped by the server), once the pipeline is over; a pipeline cut short (the
+    connection lost, an interrupt) closes the connection."""
     pgconn = driver.pgconn
     with driver.lock:
         if pgconn.status != pq.ConnStatus.OK:

@@ -397,3 +397,18 @@ def test_a_pipeline_cut_short_closes_its_connection(
     # The pool hands out a working connection next.
     with sessions() as session:
         assert session.execute(COUNT_SOURCES).scalar_one() >= 0
+
+
+def test_names_the_server_dropped_are_forgotten(one_connection: Any) -> None:
+    # Each time psycopg deallocates everything, hub's statements are prepared again under new names; the old ones
+    # must not pile up for the life of the connection.
+    with Session(one_connection) as session:
+        for _cycle in range(5):
+            pipeline_works(session)
+            session.commit()
+            psycopg_prepares_its_own(session)
+            session.rollback()
+            pipeline_works(session)  # stale: checked against the server
+            session.commit()
+        kept = session.connection().connection.info["hub.prepared"][1]
+        assert len(kept.keys) <= 2, kept.keys
