@@ -356,11 +356,13 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
         for cursor, (_prepared, command, sql) in zip(cursors, sent, strict=True):
             connection.dispatch.before_cursor_execute(connection, cursor, sql, command.values, None, False)
     begin = not driver.autocommit and driver.info.transaction_status == TransactionStatus.IDLE
+    adapters = Transformer(driver)  # the values sent and the rows read back
     try:
         results = libpq_pipeline.run(
             driver,
             [command for _prepared, command, _sql in sent],
             names,
+            adapters,
             begin=begin,
             commit=commit and not driver.autocommit and not connection.in_nested_transaction(),
         )
@@ -379,8 +381,7 @@ def pipelined(session: Session, calls: Sequence[Call], *, commit: bool = False) 
             connection_invalidated=invalidated,
             dialect=dialect,
         ) from error
-    loader = Transformer(driver)
-    rows = [_rows(prepared, result, loader) for (prepared, _command, _sql), result in zip(sent, results, strict=True)]
+    rows = [_rows(prepared, result, adapters) for (prepared, _command, _sql), result in zip(sent, results, strict=True)]
     for cursor, result, (_prepared, command, sql) in zip(cursors, results, sent, strict=listening):
         cursor.pgresult = result
         if connection.dispatch.after_cursor_execute:

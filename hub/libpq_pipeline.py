@@ -72,10 +72,17 @@ _OWN_STATEMENTS = b"SELECT name FROM pg_prepared_statements WHERE left(name, 5) 
 
 
 def run(
-    driver: Connection[Any], commands: Sequence[Command], prepared: PreparedNames, *, begin: bool, commit: bool
+    driver: Connection[Any],
+    commands: Sequence[Command],
+    prepared: PreparedNames,
+    adapters: Transformer,
+    *,
+    begin: bool,
+    commit: bool,
 ) -> list[pq.abc.PGresult | None]:
     """Send ``commands`` in one pipeline (``begin``: a BEGIN first, as psycopg would start the transaction;
-    ``commit``: a COMMIT last) and return each command's result. The first failure is raised as psycopg raises it
+    ``commit``: a COMMIT last) and return each command's result; ``adapters`` (the driver's, which the caller then
+    reads the results with) turn the values into what libpq sends. The first failure is raised as psycopg raises it
     (the statements after it are skipped by the server), once the pipeline is over; a pipeline cut short (the
     connection lost, an interrupt) closes the connection."""
     pgconn = driver.pgconn
@@ -84,11 +91,10 @@ def run(
             raise errors.OperationalError("the connection is closed")
         # Every value is adapted before anything is queued: a value psycopg cannot adapt fails here, with nothing
         # sent.
-        transformer = Transformer(driver)
         dumped = []
         for command in commands:
-            values = transformer.dump_sequence(command.values, [PyFormat.AUTO] * len(command.values))
-            dumped.append((command, values, transformer.types, transformer.formats))
+            values = adapters.dump_sequence(command.values, [PyFormat.AUTO] * len(command.values))
+            dumped.append((command, values, adapters.types, adapters.formats))
         parses: list[tuple[int, _Key, bytes]] = []  # (slot, key, name) of the statements prepared here
         pending: dict[_Key, bytes] = {}  # prepared in this pipeline, not yet confirmed
         stale = prepared.stale
